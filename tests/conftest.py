@@ -1,0 +1,48 @@
+"""Shared fixtures: the speech fixtures in tests/data/ and an artifacts folder for screenshots."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).parent / "data"
+ARTIFACTS_DIR = Path(os.environ.get("S2I_ARTIFACTS_DIR", Path(__file__).parents[1] / "artifacts"))
+
+#: Multiply every time limit in tests by this (slow CI machines).
+TIME_FACTOR = float(os.environ.get("S2I_TESTS_TIME_FACTOR", "1"))
+
+
+@dataclass(frozen=True)
+class SpeechFixture:
+    """One committed recording and the text that was spoken."""
+
+    id: str
+    voice: str  # "espeak" or "piper"
+    path: Path
+    text: str
+
+
+def load_speech_fixtures() -> list[SpeechFixture]:
+    """All rows of tests/data/refs.tsv."""
+    with open(DATA_DIR / "refs.tsv", newline="") as handle:
+        return [
+            SpeechFixture(row["id"], row["voice"], DATA_DIR / row["file"], row["text"])
+            for row in csv.DictReader(handle, delimiter="\t")
+        ]
+
+
+@pytest.fixture(scope="session")
+def speech_fixtures() -> list[SpeechFixture]:
+    """Every committed speech fixture."""
+    return load_speech_fixtures()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests save screenshots and other things a person should look at."""
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS_DIR

@@ -1,0 +1,56 @@
+"""No secret ever reaches the output: run real flows with known fake secrets, capture everything
+printed and logged (DEBUG, every logger), and search it for the secret values.
+
+Each part of the product adds its flows here: the settings, the speech clients, the image client
+and the server. A flow is a function that uses SECRETS and may raise a Speech2ImageError (its
+message and repr are searched too).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+
+import pytest
+
+from speech2image_nb.config import Settings
+from speech2image_nb.errors import Speech2ImageError
+
+FAKE_KEY = "fake-assemblyai-key-3f9c2b7e51d04a"
+FAKE_TOKEN = "fake-server-token-8d1e6a0c42f7b9"
+SECRETS = (FAKE_KEY, FAKE_TOKEN)
+ENV = {"ASSEMBLYAI_API_KEY": FAKE_KEY, "S2I_SERVER_TOKEN": FAKE_TOKEN}
+
+
+def flow_settings() -> None:
+    """Resolve settings from the environment, then print and log them every way a user might."""
+    settings = Settings.resolve(environ=ENV, colab_secret=lambda n: None)
+    print(settings, repr(settings), f"{settings.assemblyai_api_key}", vars(settings))
+    logging.getLogger("speech2image_nb").debug("settings: %r %s", settings, settings.server_token)
+    raise Speech2ImageError(f"example failure with {settings}")
+
+
+FLOWS: list[Callable[[], None]] = [flow_settings]
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, "a secret leaked into the output"
+        assert secret[8:-4] not in text, "part of a secret leaked into the output"
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.__name__)
+def test_no_secret_in_output_logs_or_errors(flow, capfd, caplog, monkeypatch):
+    """Everything printed, logged (DEBUG) or raised during the flow is free of the secrets."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.DEBUG)
+    error_text = ""
+    try:
+        flow()
+    except Speech2ImageError as exc:
+        error_text = "".join(traceback.format_exception(exc)) + repr(exc) + str(vars(exc))
+    out, err = capfd.readouterr()
+    logged = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records)
+    assert_no_secret(out + err + logged + error_text)
