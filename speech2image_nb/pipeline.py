@@ -8,8 +8,10 @@ when none is named, from an embedded server started in this process with the con
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
     from .config import Settings
 
-__all__ = ["DEFAULT_START_TIMEOUT_S", "ImageService", "save_images"]
+__all__ = ["DEFAULT_START_TIMEOUT_S", "ImageService", "new_id", "save_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,12 @@ def _engine_name(info: Any) -> str:
     return ""
 
 
+def new_id() -> str:
+    """A short unique id for a generation, used in file names (never the prompt)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"s2i-{stamp}-{secrets.token_hex(3)}"
+
+
 def save_images(images: Iterable[Image], out_dir: str | os.PathLike[str], entry_id: str) -> list[Path]:
     """Write ``images`` as PNG files ``<entry_id>-<n>.png`` into ``out_dir`` (created if needed).
 
@@ -141,5 +149,7 @@ def save_images(images: Iterable[Image], out_dir: str | os.PathLike[str], entry_
             image.save(path, format="PNG")
             paths.append(path)
     except OSError as exc:
-        raise ConfigError(f"Cannot write images to {str(folder)!r} ({exc.strerror}): choose another folder.") from exc
+        raise ConfigError(
+            f"Cannot write images to {str(folder)!r} ({exc.strerror}): choose another folder."
+        ) from exc
     return paths

@@ -13,10 +13,8 @@ worker), so every method that changes state holds one lock.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import html
 import itertools
-import secrets
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,7 @@ from ..errors import (
     Speech2ImageError,
     TranscriptionError,
 )
+from ..pipeline import new_id
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -53,12 +52,6 @@ __all__ = [
 
 MAX_IMAGE_COUNT = 9  # what the image server accepts per request
 _MAX_QUEUED = 20  # hands-free sentences waiting; older ones are dropped beyond this
-
-
-def new_id() -> str:
-    """A short unique id for a generation, used in file names (never the prompt)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"s2i-{stamp}-{secrets.token_hex(3)}"
 
 
 @dataclasses.dataclass(frozen=True)

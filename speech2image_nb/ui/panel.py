@@ -578,7 +578,8 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             elif kind == "DoneEvent":
                 seed = seed_of(event.seed)
                 engine = str(getattr(event, "engine", "") or "")
-        images = tuple(tile for tile, final in zip(self._tiles, self._tile_final) if final and tile is not None)
+        pairs = zip(self._tiles, self._tile_final, strict=False)
+        images = tuple(tile for tile, final in pairs if final and tile is not None)
         if not images:
             from ..errors import BadServerResponse
 
@@ -586,15 +587,13 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         entry = HistoryEntry(request.id, request.prompt, seed, images, engine)
         self._shown = entry
         self.save_button.disabled = False
-        self.seed_label.value = (
-            f'<span class="s2i-seed">seed <b>{seed}</b></span>' if seed is not None else ""
-        )
+        self.seed_label.value = _seed_markup(seed)
         self._set_status(activity="")
         return entry
 
     def _render_grid(self) -> None:
         cells = []
-        for index, (tile, final) in enumerate(zip(self._tiles, self._tile_final)):
+        for index, (tile, final) in enumerate(zip(self._tiles, self._tile_final, strict=False)):
             if tile is None:
                 cells.append(f'<div class="s2i-placeholder" data-index="{index}"></div>')
                 continue
@@ -660,7 +659,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._tile_final = [True] * len(entry.images)
         self._shown = entry
         self._render_grid()
-        self.seed_label.value = f'<span class="s2i-seed">seed <b>{entry.seed}</b></span>' if entry.seed is not None else ""
+        self.seed_label.value = _seed_markup(entry.seed)
         self.save_button.disabled = False
         return entry
 
@@ -693,6 +692,10 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         except Exception:
             logger.debug("closing the image service failed", exc_info=True)
         super().close()
+
+
+def _seed_markup(seed: int | None) -> str:
+    return f'<span class="s2i-seed">seed <b>{seed}</b></span>' if seed is not None else ""
 
 
 @functools.lru_cache(maxsize=1)
