@@ -62,6 +62,8 @@ class ImageService:
 
     def describe(self) -> str:
         """A short name for the status line: the URL, or "embedded <engine>"."""
+        if self._client is not None and self._server is None:
+            return str(getattr(self._client, "url", "") or self.settings.server_url)
         if self.settings.server_url:
             return self.settings.server_url
         return f"embedded {self.settings.image_engine}"
@@ -77,11 +79,13 @@ class ImageService:
         with self._lock:
             if self._client is not None:
                 return self._client
-            from .images.client import ImageClient
+            from .images import client as client_module
 
-            if self.settings.server_url:
-                token = self.settings.server_token.reveal() if self.settings.server_token else None
-                client = ImageClient(self.settings.server_url, token=token)
+            connected = None if self.settings.server_url else getattr(client_module, "_default_client", None)
+            if connected is not None:  # the user called speech2image_nb.connect(url, token) before
+                client = connected
+            elif self.settings.server_url:
+                client = client_module.ImageClient(self.settings.server_url, token=self.settings.server_token)
             else:
                 from .server import start_background
 
@@ -89,9 +93,15 @@ class ImageService:
                     self.settings.image_engine,
                     model_dir=self.settings.model_dir,
                     on_progress=self._on_progress,
+                    wait=False,
                 )
-                self._server.wait_ready(timeout_s)
-                client = ImageClient(self._server.url, token=self._server.token)
+                try:
+                    self._server.wait_ready(timeout_s)
+                except BaseException:
+                    server, self._server = self._server, None
+                    server.stop()
+                    raise
+                client = client_module.ImageClient(self._server.url, token=self._server.token)
             info = client.health()
             logger.info("image server ready: %s", _engine_name(info) or self.describe())
             self._client = client

@@ -143,7 +143,7 @@ def test_history_keeps_the_newest_entries_and_finds_them():
 @pytest.mark.parametrize(
     ("exc", "starts"),
     [
-        (errors.MicrophonePermissionDenied("Allow the microphone in the browser's site settings."), "Microphone:"),
+        (errors.MicrophonePermissionDenied("Allow the microphone in the site settings."), "Microphone:"),
         (errors.AuthError("The key was refused: check ASSEMBLYAI_API_KEY.", service="AssemblyAI"),
          "Key refused by AssemblyAI:"),
         (errors.ServerUnreachable("No answer: start the server.", url="http://x"), "Image server:"),

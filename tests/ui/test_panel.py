@@ -213,3 +213,48 @@ def test_app_displays_once_and_returns_the_panel(monkeypatch):
         assert "http://127.0.0.1:9" in panel.status_html.value
     finally:
         panel.close()
+
+
+# --- with the real image server (embedded, test engine) -------------------------------------------
+
+
+def real_settings(**env):
+    return Settings.resolve(environ={"S2I_IMAGE_ENGINE": "noise", **env}, colab_secret=lambda n: None)
+
+
+def test_embedded_server_starts_reports_ready_and_streams_images_into_the_grid(make_panel):
+    """No server URL: the panel starts an embedded server, shows it ready, and fills the grid."""
+    panel = make_panel(settings=real_settings(), image_service=None, image_count=3)
+    assert "embedded noise" in panel.status_html.value and "(ready)" in panel.status_html.value
+    grids = []
+    panel.grid_html.observe(lambda c: grids.append(c["new"]), names="value")
+    panel.recorder.play(FOX)
+    assert wait_until(lambda: "fox" in panel.prompt_text.value)
+    panel.generate_button.click()
+    assert panel.wait_idle(30)
+    assert panel.error_text == ""
+    images = grid_images(panel)
+    assert len(images) == 3 and images[0].size[0] >= 32
+    assert any("s2i-placeholder" in g for g in grids), "placeholders shown before the images arrived"
+    assert panel.controller.history[-1].seed is not None
+
+
+def test_real_server_wrong_token_and_server_down_are_lines_and_recording_still_works(make_panel):
+    """Wrong token and unreachable server each show one line; recording keeps working."""
+    from speech2image_nb.server import start_background
+
+    server = start_background("noise", token="right-token", wait=True)
+    try:
+        panel = make_panel(image_service=None, settings=real_settings(
+            S2I_SERVER_URL=server.url, S2I_SERVER_TOKEN="wrong-token"))
+        panel.generate("a red fox")
+        assert panel.wait_idle(30)
+        assert panel.error_text.startswith("Key refused by"), panel.error_text
+        panel.recorder.play(FOX)
+        assert wait_until(lambda: panel.prompt_text.value == "a red fox sitting in the snow")
+    finally:
+        server.stop()
+    down = make_panel(image_service=None, settings=real_settings(S2I_SERVER_URL=server.url))
+    assert down.error_text.startswith("Image server:"), down.error_text
+    down.recorder.play(FOX)
+    assert wait_until(lambda: "fox" in down.prompt_text.value)
