@@ -85,7 +85,9 @@ def test_help_lists_the_commands_quickly():
         "heavy = [m for m in ('torch', 'faster_whisper', 'fastapi', 'ipywidgets') if m in sys.modules]\n"
         "print(buf.getvalue()); print('HEAVY', heavy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     for command in ("serve", "transcribe", "generate", "run"):
         assert command in result.stdout
     assert "HEAVY []" in result.stdout
