@@ -45,10 +45,22 @@ class FakeRecorder(widgets.HTML):
             for cb in self._stop:
                 cb()
 
-    def play(self, path, *, chunk_ms: int = 100) -> None:
-        """Record: send the file's audio in chunks, then stop."""
+    def play(self, path, *, chunk_ms: int = 100, realtime: bool = False, tail_s: float = 0.0) -> None:
+        """Record: send the file's audio in chunks (at speaking pace when ``realtime``), then stop.
+
+        ``tail_s`` seconds of silence follow the speech (a speaker pausing before pressing Stop).
+        """
+        import time
+
+        import numpy as np
+
+        pcm = decode_audio(path)
+        pcm = np.concatenate([pcm, np.zeros(int(tail_s * 16000), dtype=np.int16)])
         self.recording = True
-        for chunk in chunk_pcm(decode_audio(path), chunk_ms):
+        start = time.monotonic()
+        for index, chunk in enumerate(chunk_pcm(pcm, chunk_ms)):
+            if realtime:
+                time.sleep(max(0.0, start + index * chunk_ms / 1000 - time.monotonic()))
             for cb in self._audio:
                 cb(chunk)
         self.recording = False
