@@ -6,8 +6,11 @@ import importlib.util
 from pathlib import Path
 
 from speech2image_nb.config import Settings
+from tests.conftest import DATA_DIR
 from tests.fakes.assemblyai import FakeAssemblyAI
-from tests.ui.test_panel import FOX, grid_images, make_panel, wait_until  # noqa: F401 (fixture)
+from tests.ui.conftest import grid_images, wait_until
+
+FOX = DATA_DIR / "piper_01.wav"
 
 
 def whisper_dir() -> str:
