@@ -164,7 +164,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         css = resources.files(__package__).joinpath("panel.css").read_text(encoding="utf-8")
         self._style = widgets.HTML(f"<style>{css}</style>")
         self.transcript_html = widgets.HTML(self._transcript_markup(), layout=widgets.Layout(width="100%"))
-        self.transcript_html.add_class("s2i-transcript")
+        self.transcript_html.add_class("s2i-transcript-box")
         self.prompt_text = widgets.Textarea(
             placeholder="Speak, or type what to draw…", layout=widgets.Layout(width="100%", height="3.4em")
         )
@@ -180,7 +180,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             placeholder="random", description="Seed", layout=widgets.Layout(width="170px")
         )
         self.seed_label = widgets.HTML("")
-        self.seed_label.add_class("s2i-seed")
+        self.seed_label.add_class("s2i-seed-box")
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="image")
         self.generate_button.add_class("s2i-generate")
         self.hands_free_toggle = widgets.ToggleButton(
@@ -189,7 +189,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.hands_free_toggle.add_class("s2i-hands-free")
         self.controller.hands_free = hands_free
         self.status_html = widgets.HTML(self._status_markup())
-        self.status_html.add_class("s2i-status")
+        self.status_html.add_class("s2i-status-box")
         self.error_html = widgets.HTML("")
         self.error_html.add_class("s2i-error-line")
         self.grid_html = widgets.HTML('<div class="s2i-grid"></div>', layout=widgets.Layout(width="100%"))
@@ -378,13 +378,13 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Block until the image server is connected (True) or ``timeout_s`` passes (False)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if "(ready)" in self._status.get("images", ""):
+        while True:
+            images = self._status.get("images", "")
+            if "(ready)" in images:
                 return True
-            if "(not available)" in self._status.get("images", ""):
+            if "(not available)" in images or time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
-        return False
 
     # --- recording and transcription -----------------------------------------------------------
 
@@ -626,10 +626,12 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Block until no generation runs or waits; True when idle, False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._idle.wait(0.05) and self.controller.running is None and not self.controller.queued:
+        while True:
+            if self._idle.is_set() and self.controller.running is None and not self.controller.queued:
                 return True
-        return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     # --- history and saving --------------------------------------------------------------------
 
