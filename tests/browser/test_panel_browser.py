@@ -15,9 +15,9 @@ import time
 
 import pytest
 from PIL import Image
+from tests.fakes.assemblyai import FakeAssemblyAI
 
 from tests.conftest import DATA_DIR, TIME_FACTOR
-from tests.fakes.assemblyai import FakeAssemblyAI
 
 from .harness import JupyterServer, KernelClient, launch_chromium, open_notebook
 
