@@ -193,7 +193,7 @@ def parse_error_body(status: int, raw: bytes) -> tuple[str, str]:
         if "detail" in body:
             return f"http_{status}", str(body["detail"])[:500]
     kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "no JSON error"
-    return f"http_{status}", f"the server answered HTTP {status} with {kind}"
+    return f"http_{status}", f"the server answered HTTP {status} with {kind}."
 
 
 class SSEParser:
