@@ -30,7 +30,8 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
     A second client on the same kernel over ``/api/kernels/<id>/channels``.
     ``execute(code, timeout_s=30) -> str`` returns stdout and raises ``KernelExecuteError`` with
     the traceback when the code fails; ``json(expr)`` evaluates an expression in the kernel and
-    returns it decoded from JSON. ``close()``.
+    returns it decoded from JSON; ``wait_until(expr, timeout_s=)`` polls until it is truthy.
+    ``close()``.
 
 Fixtures (``tests/browser/conftest.py``): ``playwright_instance`` (session), ``lab_server`` and
 ``notebook_server`` (module scope: one server per stack per test module), ``jupyter_server``
@@ -188,10 +189,8 @@ class JupyterServer:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=timeout_s)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(timeout=timeout_s)
         shutil.rmtree(self._home, ignore_errors=True)
 
@@ -365,6 +364,17 @@ class KernelClient:
             if line.startswith(marker):
                 return json.loads(line[len(marker) :])
         raise KernelExecuteError(f"no JSON in the kernel's output: {out!r}")
+
+    def wait_until(self, expr: str, *, timeout_s: float = 10.0, poll_s: float = 0.1) -> Any:
+        """Poll ``expr`` in the kernel until it is truthy; return its (JSON) value."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = self.json(expr, timeout_s=timeout_s)
+            if value or time.monotonic() > deadline:
+                if not value:
+                    raise TimeoutError(f"{expr!r} still falsy after {timeout_s} s: {value!r}")
+                return value
+            time.sleep(poll_s)
 
     def close(self) -> None:
         self._stack.close()

@@ -19,7 +19,7 @@ def test_run_all_and_read_state_with_second_client(jupyter_server, playwright_in
         page = browser.new_page()
         open_notebook(page, jupyter_server, name)
         with KernelClient(jupyter_server, jupyter_server.kernel_id(name)) as kernel:
-            kernel.execute("import time\nfor _ in range(100):\n    if 'y' in dir(): break\n    time.sleep(0.05)")
+            kernel.wait_until("'y' in dir()")
             assert kernel.json("x") == 42
             assert str(jupyter_server.repo_root) in kernel.json("y")
             with pytest.raises(KernelExecuteError, match="ZeroDivisionError"):
