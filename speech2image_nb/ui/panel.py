@@ -140,6 +140,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._shown: HistoryEntry | None = None
         self._tiles: list[Image | None] = []
         self._tile_final: list[bool] = []
+        self._grid_id = ""  # id of the generation the grid shows
         self._data_urls: dict[int, tuple[Image, str]] = {}
         self._audio_queue: Any = None
         self._session_future: concurrent.futures.Future[None] | None = None
@@ -550,6 +551,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._tiles = [None] * count
         self._tile_final = [False] * count
         self._shown = None
+        self._grid_id = request.id
         self.save_button.disabled = True
         self._render_grid()
         client = self._images.open()
@@ -603,7 +605,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 f"alt=\"image {index + 1}\" title=\"click to enlarge\" "
                 f"onclick=\"this.classList.toggle('s2i-big')\"/>"
             )
-        self.grid_html.value = f'<div class="s2i-grid">{"".join(cells)}</div>'
+        self.grid_html.value = f'<div class="s2i-grid" data-id="{self._grid_id}">{"".join(cells)}</div>'
 
     def _data_url(self, image: Image) -> str:
         key = id(image)
@@ -660,6 +662,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._tiles = list(entry.images)
         self._tile_final = [True] * len(entry.images)
         self._shown = entry
+        self._grid_id = entry.id
         self._render_grid()
         self.seed_label.value = _seed_markup(entry.seed)
         self.save_button.disabled = False
