@@ -15,9 +15,9 @@ import time
 
 import pytest
 from PIL import Image
-from tests.fakes.assemblyai import FakeAssemblyAI
 
 from tests.conftest import DATA_DIR, TIME_FACTOR
+from tests.fakes.assemblyai import FakeAssemblyAI
 
 from .harness import JupyterServer, KernelClient, launch_chromium, open_notebook
 
@@ -137,6 +137,38 @@ def test_tutorial_notebook_speech_to_images(stack, configured_env, playwright_in
             assert kernel.wait_until("panel.recorder.recording", timeout_s=5 * TIME_FACTOR)
             page.keyboard.press("Space")
             assert kernel.wait_until("not panel.recorder.recording", timeout_s=5 * TIME_FACTOR)
+    finally:
+        browser.close()
+        server.stop()
+
+
+def test_microphone_denied_shows_one_line_and_typed_prompt_still_draws(configured_env, playwright_instance,
+                                                                      browser_tmp, artifacts_dir):
+    """Chromium refuses the microphone: the panel says how to fix it; Generate still works."""
+    root = browser_tmp / "panel-denied"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    server = JupyterServer("lab", root_dir=root).start()
+    browser = launch_chromium(playwright_instance, fake_audio=FAKE_MIC_WAV, fake_ui=False)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        open_notebook(page, server, NOTEBOOK.name)
+        page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
+        with KernelClient(server, server.kernel_id(NOTEBOOK.name)) as kernel:
+            assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR)
+            page.locator(".s2i-recorder-button").click()
+            page.wait_for_function(
+                "() => (document.querySelector('.s2i-error-line') || {}).innerText"
+                "?.includes('Microphone: The browser refused')", timeout=10 * MS)
+            line = page.locator(".s2i-error-line").inner_text()
+            assert "allow it" in line and "Traceback" not in page.locator(".s2i-panel").inner_text()
+            page.locator(".s2i-panel").screenshot(path=artifacts_dir / "panel_mic_denied_lab.png")
+            page.locator(".s2i-prompt textarea").fill("a red fox sitting in the snow")
+            page.locator(".s2i-generate").click()
+            page.wait_for_function(
+                "() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length > 0",
+                timeout=30 * MS)
+            assert decoded_images(page) and kernel.json("panel.error_text") == ""
     finally:
         browser.close()
         server.stop()
