@@ -49,7 +49,7 @@ def main() -> None:
             engine_times.append(result.timings["generate_s"])
     finally:
         server.stop()
-    overhead = [t - e for t, e in zip(totals, engine_times)]
+    overhead = [t - e for t, e in zip(totals, engine_times, strict=True)]
     base_ms = statistics.median(baseline) * 1000
     total_ms = statistics.median(totals) * 1000
     over_ms = statistics.median(overhead) * 1000
@@ -57,8 +57,10 @@ def main() -> None:
     print(f"requests: {args.requests}, one 256 px JPEG each, noise engine at zero latency")
     print(f"baseline (engine + JPEG encode in-process, no HTTP): median {base_ms:.2f} ms")
     print(f"through server + client: median total {total_ms:.2f} ms")
-    print(f"overhead (total - engine time): median {over_ms:.2f} ms, p90 {p90_ms:.2f} ms "
-          f"(target <= {TARGET_MS:.0f} ms: {'met' if over_ms <= TARGET_MS else 'MISSED'})")
+    print(
+        f"overhead (total - engine time): median {over_ms:.2f} ms, p90 {p90_ms:.2f} ms "
+        f"(target <= {TARGET_MS:.0f} ms: {'met' if over_ms <= TARGET_MS else 'MISSED'})"
+    )
     print(f"total / baseline: {total_ms / base_ms:.1f}x")
 
 

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -115,7 +114,9 @@ def test_ngrok_token_goes_through_the_environment_not_argv(tmp_path):
 def test_cloudflared_download_is_checked_against_its_checksum(tmp_path, monkeypatch):
     """A download whose SHA-256 does not match is refused and removed; a matching one is installed."""
     payload = b"#!/bin/sh\necho fake cloudflared\n"
-    with StandIn({("GET", "/cloudflared"): lambda h, b: send(h, 200, payload, "application/octet-stream")}) as srv:
+    with StandIn(
+        {("GET", "/cloudflared"): lambda h, b: send(h, 200, payload, "application/octet-stream")}
+    ) as srv:
         target = tmp_path / "bin" / "cloudflared-x"
         with pytest.raises(ConfigError, match="checksum"):
             tunnel_module._download(srv.url + "/cloudflared", target, "0" * 64)
@@ -140,9 +141,25 @@ def test_server_command_with_tunnel_prints_url_token_and_connect_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env.pop("S2I_SERVER_TOKEN", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "speech2image_nb.server", "--engine", "noise", "--port", "0", "--quiet",
-         "--tunnel", "cloudflared", "--cloudflared", str(script)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "speech2image_nb.server",
+            "--engine",
+            "noise",
+            "--port",
+            "0",
+            "--quiet",
+            "--tunnel",
+            "cloudflared",
+            "--cloudflared",
+            str(script),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     lines = []
     try:
@@ -164,7 +181,9 @@ def test_server_command_with_tunnel_prints_url_token_and_connect_line(tmp_path):
         assert tunnel_args[tunnel_args.index("--url") + 1] == local
         body = json.dumps({"text": "a fox"})
         assert requests.post(local + "/generate", data=body, timeout=10).status_code == 401
-        ok = requests.post(local + "/generate", data=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        ok = requests.post(
+            local + "/generate", data=body, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         assert ok.status_code == 200
     finally:
         process.send_signal(signal.SIGINT)

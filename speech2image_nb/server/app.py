@@ -25,7 +25,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import EngineError
-from .batcher import Batcher, Failed, ImageReady, Progress, Queued, QueueFull, Ticket
+from .batcher import Batcher, Failed, ImageReady, Progress, Queued, QueueFullError, Ticket
 from .engines.base import SEED_MAX, Engine, LoadProgress
 
 if TYPE_CHECKING:
@@ -128,7 +128,9 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """The documented error body."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -163,7 +165,9 @@ def parse_generate_body(
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from exc
     if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", 'The request body must be a JSON object like {"text": "a fox"}.')
+        raise ApiError(
+            422, "invalid_request", 'The request body must be a JSON object like {"text": "a fox"}.'
+        )
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(422, "invalid_request", 'The field "text" must be a non-empty string.')
@@ -269,6 +273,9 @@ async def read_body(request: Request, *, limit_bytes: int = MAX_BODY_BYTES) -> b
     return b"".join(chunks)
 
 
+EngineDep = Annotated[Engine, Depends(get_engine)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+
 # --- the app -----------------------------------------------------------------------------------
 
 
@@ -360,7 +367,7 @@ def create_app(
             ticket = batcher.submit(
                 prompt=req.text, seed=seed, num_images=req.num_images, options=req.options, stream=stream
             )
-        except QueueFull as exc:
+        except QueueFullError as exc:
             raise ApiError(
                 503,
                 "queue_full",
@@ -372,7 +379,9 @@ def create_app(
     def engine_failure(exc: BaseException) -> ApiError:
         if isinstance(exc, EngineError):
             return ApiError(500, "engine_error", str(exc)[:500] or "The image engine failed.")
-        return ApiError(500, "engine_error", f"The image engine failed ({type(exc).__name__}); see the server log.")
+        return ApiError(
+            500, "engine_error", f"The image engine failed ({type(exc).__name__}); see the server log."
+        )
 
     def save_images(encoded: Sequence[str], image_format: str) -> None:
         assert save_path is not None
@@ -382,16 +391,16 @@ def create_app(
         for index, data in enumerate(encoded):
             (save_path / f"{request_id}_{index}.{extension}").write_bytes(base64.b64decode(data))
 
-    async def generate(
-        request: Request, engine: Engine = Depends(get_engine), batcher: Batcher = Depends(get_batcher)
-    ) -> JSONResponse:
+    async def generate(request: Request, engine: EngineDep, batcher: BatcherDep) -> JSONResponse:
         req = await read_request(request, engine)
         ticket, seed = submit(batcher, req, stream=False)
         try:
             images = await asyncio.wait_for(ticket.future, limits.request_timeout_s)
         except asyncio.TimeoutError as exc:
             ticket.cancel()
-            raise ApiError(504, "timeout", f"The images took longer than {limits.request_timeout_s:g} s.") from exc
+            raise ApiError(
+                504, "timeout", f"The images took longer than {limits.request_timeout_s:g} s."
+            ) from exc
         except asyncio.CancelledError:
             ticket.cancel()
             raise
@@ -418,7 +427,7 @@ def create_app(
             }
         )
 
-    generate_doc = {
+    generate_doc: dict[str, Any] = {
         "openapi_extra": {
             "requestBody": {
                 "required": True,
@@ -434,7 +443,9 @@ def create_app(
         },
     }
     app.add_api_route("/generate", generate, methods=["POST"], summary="Generate images", **generate_doc)
-    app.add_api_route("/dalle", generate, methods=["POST"], summary="Generate images (older name)", **generate_doc)
+    app.add_api_route(
+        "/dalle", generate, methods=["POST"], summary="Generate images (older name)", **generate_doc
+    )
 
     @app.post(
         "/generate/stream",
@@ -445,9 +456,7 @@ def create_app(
             **_error_responses(400, 401, 413, 422, 503),
         },
     )
-    async def generate_stream(
-        request: Request, engine: Engine = Depends(get_engine), batcher: Batcher = Depends(get_batcher)
-    ) -> StreamingResponse:
+    async def generate_stream(request: Request, engine: EngineDep, batcher: BatcherDep) -> StreamingResponse:
         req = await read_request(request, engine)
         ticket, seed = submit(batcher, req, stream=True)
         return StreamingResponse(
@@ -457,7 +466,7 @@ def create_app(
         )
 
     @app.get("/", summary="Health check", responses={200: {"description": '{"success": true, ...}'}})
-    async def health(request: Request, batcher: Batcher = Depends(get_batcher)) -> dict[str, Any]:
+    async def health(request: Request, batcher: BatcherDep) -> dict[str, Any]:
         if token is not None and not request.scope.get("state", {}).get("authorized"):
             return {"success": True}
         return {
@@ -572,4 +581,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return error_response(500, "internal_error", "The image server failed unexpectedly; see its log.")
-

@@ -9,6 +9,7 @@ like a real accelerator, so batching wins can be measured. It is never the defau
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,7 @@ class NoiseEngine(Engine):
         """Seconds one call of ``image_count`` images takes."""
         if image_count <= 0:
             return 0.0
-        return self.base_latency_s + self.per_image_latency_s * image_count**0.3
+        return self.base_latency_s + self.per_image_latency_s * math.pow(image_count, 0.3)
 
     def load(self, progress: LoadProgress | None = None) -> None:
         """Pretend to load weights, reporting progress in four parts."""
