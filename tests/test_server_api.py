@@ -131,6 +131,8 @@ def test_extensions_seed_format_options_and_timings(server):
         (b'{"text": "a", "temprature": 1.0}', 422, "invalid_request"),
         (b'{"text": "a", "steps": 0}', 422, "invalid_request"),
         (json.dumps({"text": "a" * 501}).encode(), 422, "invalid_request"),
+        (b'{"text": "a \\ud800 b"}', 422, "invalid_request"),
+        (b'{"text": "a", "\\udfff": 1}', 422, "invalid_request"),
         (json.dumps({"text": "a", "pad": "x" * 70_000}).encode(), 413, "payload_too_large"),
     ],
 )

@@ -69,8 +69,12 @@ valid = st.fixed_dictionaries(
         "temperature": st.floats(0.01, 10),
     },
 )
+surrogate_text = st.text(st.characters(categories=["Cs", "Lu"]), min_size=1, max_size=5)
 bodies = st.one_of(
     valid.map(lambda d: json.dumps(d).encode()),
+    st.dictionaries(st.sampled_from(["text"]) | surrogate_text, surrogate_text, min_size=1, max_size=2).map(
+        lambda d: json.dumps(d).encode()
+    ),
     near_valid.map(lambda d: json.dumps(d).encode()),
     near_valid.map(lambda d: json.dumps(d).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),

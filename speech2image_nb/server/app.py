@@ -131,7 +131,8 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """The documented error body."""
+    """The documented error body (a message echoing request text is made valid UTF-8 first)."""
+    message = message.encode("utf-8", "replace").decode("utf-8")
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -172,6 +173,10 @@ def parse_generate_body(
     if not isinstance(text, str) or not text.strip():
         raise ApiError(422, "invalid_request", 'The field "text" must be a non-empty string.')
     text = text.strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a \udXXX escape
+        raise ApiError(422, "invalid_request", 'The field "text" is not valid Unicode text.') from exc
     if len(text) > max_prompt_chars:
         raise ApiError(422, "invalid_request", f"The prompt is longer than {max_prompt_chars} characters.")
     num_images = body.get("num_images", 1)
