@@ -321,3 +321,24 @@ def test_engine_load_failure_surfaces_from_start_background():
     with pytest.raises(EngineError, match="weights missing"), running_server(Broken()):
         pass
     assert time.monotonic() - start < 10
+
+
+def test_real_dalle_mini_engine_serves_through_the_server(tmp_path):
+    """The dalle-mini engine (tiny random checkpoint) loads in the server and answers the client."""
+    from speech2image_nb.images import ImageClient
+    from speech2image_nb.server import start_background
+    from speech2image_nb.server.engines.dalle_mini import save_random_checkpoint
+
+    model_dir = save_random_checkpoint(tmp_path, "tiny", seed=1)
+    server = start_background("dalle-mini", model_dir=str(model_dir), ready_timeout_s=60)
+    try:
+        client = ImageClient(server.url)
+        assert client.health()["engine"] == "dalle-mini"
+        first = client.generate("a red fox", seed=3, temperature=2.0)
+        again = client.generate("a red fox", seed=3, temperature=2.0)
+        assert first.images[0].size == (256, 256) and first.engine == "dalle-mini"
+        assert first.images[0].tobytes() == again.images[0].tobytes()
+        rejected = requests.post(server.url + "/generate", json={"text": "x", "steps": 2}, timeout=10)
+        assert_error_body(rejected, 422, "invalid_request")
+    finally:
+        server.stop()
