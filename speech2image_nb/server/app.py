@@ -336,13 +336,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await asyncio.to_thread(engine.load, load_progress)
-        except BaseException as exc:
-            app.state.load_error = exc
-            raise
         batcher = Batcher(engine, **batcher_kwargs)
         await batcher.start()
+        try:
+            await batcher.run_in_engine_thread(engine.load, load_progress)
+        except BaseException as exc:
+            app.state.load_error = exc
+            await batcher.stop()
+            raise
         app.state.engine = engine
         app.state.batcher = batcher
         try:

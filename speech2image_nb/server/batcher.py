@@ -22,8 +22,8 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from .engines.base import Engine, ImageJob
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["Batcher", "Failed", "ImageReady", "Progress", "QueueFullError", "Queued", "Ticket"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_BATCH_WAIT_S = 0.05  # longest gathering window after an idle period
 DEFAULT_BATCH_GAP_S = 0.005  # the window closes when no request arrived for this long
@@ -182,7 +184,7 @@ class Batcher:
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self.engine = engine
-        self.max_batch = min(max_batch or engine.max_batch, max(engine.max_batch, 1))
+        self._max_batch_limit = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.batch_gap_s = batch_gap_s
@@ -195,6 +197,12 @@ class Batcher:
         self._batch_s_avg = 1.0  # running mean of engine call time, for Retry-After
         self.running = False
 
+    @property
+    def max_batch(self) -> int:
+        """Images per engine call: the configured limit, never above the engine's own."""
+        engine_max = max(self.engine.max_batch, 1)
+        return min(self._max_batch_limit or engine_max, engine_max)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -203,6 +211,13 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2i-engine")
         self._task = asyncio.create_task(self._work(), name="s2i-batcher")
+
+    async def run_in_engine_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on the engine's own thread (load there, so that thread-local
+        torch state such as the CUDA device is the same for load() and generate())."""
+        if self._loop is None or self._executor is None:
+            raise RuntimeError("Batcher.start() was not awaited")
+        return await self._loop.run_in_executor(self._executor, function, *args)
 
     async def stop(self) -> None:
         """Stop the worker and fail every waiting request."""
