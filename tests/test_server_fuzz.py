@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import string
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -150,3 +153,16 @@ def test_fuzzed_requests_never_get_5xx_and_errors_are_json(fuzz_server):
     print(f"fuzzed {len(sent)} requests: " + ", ".join(f"{s}x{sent.count(s)}" for s in sorted(set(sent))))
     assert len(sent) >= 1000
     assert 200 in sent and 422 in sent and 400 in sent and 404 in sent
+
+
+def test_schemathesis_from_the_openapi_schema_finds_no_issue(fuzz_server, tmp_path):
+    """Schemathesis, driven by the server's own OpenAPI schema with every check, reports no issue."""
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", fuzz_server.url + "/openapi.json",
+        "--checks", "all", "--max-examples", "40", "--seed", "1", "--phases", "examples,coverage,fuzzing",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "No issues found" in result.stdout
+    generated = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert generated and generated.group(1) == generated.group(2) and int(generated.group(1)) >= 100

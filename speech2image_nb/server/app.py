@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__
 from ..errors import EngineError
 from .batcher import Batcher, Failed, ImageReady, Progress, Queued, QueueFullError, Ticket
-from .engines.base import SEED_MAX, Engine, LoadProgress
+from .engines.base import Engine, LoadProgress
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # request bodies above this are refused with 413
 KEEPALIVE_S = 15.0  # an SSE comment at least this often keeps tunnels and proxies from timing out
 RANDOM_SEED_MAX = 2**31 - 1  # random seeds stay small enough for any JSON number parser
+SEED_MAX = 2**53 - 1  # the largest integer a JavaScript client can send exactly
 IMAGE_FORMATS = ("jpeg", "png")
 BASE_FIELDS = frozenset({"text", "num_images", "seed", "image_format"})
 JPEG_QUALITY = 90
@@ -66,21 +67,49 @@ STATUS_CODES: dict[int, str] = {
     504: "timeout",
 }
 
-GENERATE_BODY_SCHEMA: dict[str, Any] = {
+
+def generate_body_schema(engine: Engine, *, max_images: int, max_prompt_chars: int) -> dict[str, Any]:
+    """JSON schema of a generate request for this engine (its knobs, typed when it says how)."""
+    option_schema: Mapping[str, Any] = getattr(engine, "option_schema", {})
+    options = {name: dict(option_schema.get(name, {})) for name in sorted(engine.option_names)}
+    return {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": max_prompt_chars,
+                "pattern": "\\S",
+                "description": "the prompt",
+            },
+            "num_images": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_images,
+                "description": "default 1",
+            },
+            "seed": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "maximum": SEED_MAX,
+                "description": "0, null or absent = random",
+            },
+            "image_format": {"type": "string", "enum": list(IMAGE_FORMATS)},
+            **options,
+        },
+        "additionalProperties": False,
+    }
+
+
+SSE_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["text"],
+    "description": "queued {position}, progress {step, total, preview?}, image {index, data}, "
+    "done {seed, timings}, error {code, message}; data is JSON",
     "properties": {
-        "text": {"type": "string", "minLength": 1, "description": "the prompt"},
-        "num_images": {"type": "integer", "minimum": 1, "description": "images to make (default 1)"},
-        "seed": {"type": "integer", "minimum": 0, "description": "0 or absent = random"},
-        "image_format": {"type": "string", "enum": list(IMAGE_FORMATS)},
-        "temperature": {"type": "number"},
-        "top_k": {"type": "integer"},
-        "supercondition_factor": {"type": "number"},
-        "steps": {"type": "integer"},
-        "guidance_scale": {"type": "number"},
+        "event": {"type": "string", "enum": ["queued", "progress", "image", "done", "error"]},
+        "data": {"type": "string"},
     },
-    "additionalProperties": False,
 }
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -147,8 +176,15 @@ class GenerateRequest:
     options: Mapping[str, Any]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def as_int(value: Any) -> int | None:
+    """``value`` as an int if it is a JSON integer (``2``, ``2.0``); None for ``true``, ``2.5``, ``"2"``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def parse_generate_body(
@@ -172,18 +208,15 @@ def parse_generate_body(
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(422, "invalid_request", 'The field "text" must be a non-empty string.')
-    text = text.strip()
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate from a \udXXX escape
-        raise ApiError(422, "invalid_request", 'The field "text" is not valid Unicode text.') from exc
+    # a lone surrogate (from a \udXXX escape) cannot be encoded anywhere later: make it "?"
+    text = text.strip().encode("utf-8", "replace").decode("utf-8")
     if len(text) > max_prompt_chars:
         raise ApiError(422, "invalid_request", f"The prompt is longer than {max_prompt_chars} characters.")
-    num_images = body.get("num_images", 1)
-    if not _is_int(num_images) or not 1 <= num_images <= max_images:
+    num_images = as_int(body.get("num_images", 1))
+    if num_images is None or not 1 <= num_images <= max_images:
         raise ApiError(422, "invalid_request", f'"num_images" must be an integer from 1 to {max_images}.')
     seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed <= SEED_MAX):
+    if seed is not None and ((seed := as_int(seed)) is None or not 0 <= seed <= SEED_MAX):
         raise ApiError(422, "invalid_request", f'"seed" must be an integer from 0 to {SEED_MAX}.')
     image_format = body.get("image_format", "jpeg")
     if image_format not in IMAGE_FORMATS:
@@ -437,9 +470,13 @@ def create_app(
         "openapi_extra": {
             "requestBody": {
                 "required": True,
+                "description": "read as JSON whatever the content type (the Playground sends text/plain)",
                 "content": {
-                    "application/json": {"schema": GENERATE_BODY_SCHEMA},
-                    "text/plain": {"schema": {"type": "string"}},
+                    "application/json": {
+                        "schema": generate_body_schema(
+                            engine, max_images=max_images, max_prompt_chars=max_prompt_chars
+                        )
+                    }
                 },
             }
         },
@@ -458,7 +495,7 @@ def create_app(
         summary="Generate images, streaming progress as server-sent events",
         openapi_extra=generate_doc["openapi_extra"],
         responses={
-            200: {"description": "events", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            200: {"description": "events", "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             **_error_responses(400, 401, 413, 422, 503),
         },
     )

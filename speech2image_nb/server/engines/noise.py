@@ -12,7 +12,7 @@ import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .base import Engine, ImageJob, LoadProgress, StepProgress
 
@@ -46,6 +46,11 @@ class NoiseEngine(Engine):
 
     name = "noise"
     option_names = frozenset({"steps", "temperature"})
+    #: JSON schema of each option (documents the API; validate_options is what enforces it)
+    option_schema: ClassVar[dict[str, dict[str, Any]]] = {
+        "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS},
+        "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+    }
 
     def __init__(
         self,
@@ -95,6 +100,8 @@ class NoiseEngine(Engine):
         clean = super().validate_options(options)
         if "steps" in clean:
             steps = clean["steps"]
+            if isinstance(steps, float) and steps.is_integer():
+                steps = clean["steps"] = int(steps)
             if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
                 raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}")
         if "temperature" in clean:
