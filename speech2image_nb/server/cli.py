@@ -119,9 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_url = server.url
         if args.tunnel:
             port = int(server.url.rsplit(":", 1)[1])
+            local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
             tunnel = open_tunnel(
                 args.tunnel,
                 port,
+                host=local_host,
                 executable=args.cloudflared if args.tunnel == "cloudflared" else None,
                 ngrok_token=args.ngrok_token,
             )

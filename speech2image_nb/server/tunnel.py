@@ -226,7 +226,7 @@ def open_tunnel(
     timeout_s: float = DEFAULT_START_TIMEOUT_S,
 ) -> Tunnel:
     """Open a public tunnel to ``http://host:port``; ``kind`` is ``cloudflared`` or ``ngrok``."""
-    local = f"http://{host}:{port}"
+    local = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     if kind == "cloudflared":
         binary = Path(executable) if executable else find_cloudflared()
         argv = [str(binary), "tunnel", "--no-autoupdate", "--url", local]
