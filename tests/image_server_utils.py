@@ -39,8 +39,14 @@ def jpeg_b64(color: tuple[int, int, int] = (200, 30, 30), size_px: int = 16) -> 
 Route = Callable[[BaseHTTPRequestHandler, bytes], None]
 
 
-def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str = "application/json",
-         *, length: int | None = None) -> None:
+def send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    *,
+    length: int | None = None,
+) -> None:
     """Write a complete answer (``length`` may lie, to cut a body short)."""
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
@@ -82,13 +88,14 @@ class StandIn:
                     return
                 route(self, body)
 
-            do_GET = do_POST = do_OPTIONS = _handle
+            do_GET = do_POST = do_OPTIONS = _handle  # noqa: N815 - http.server's names
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> StandIn:
         self._thread.start()

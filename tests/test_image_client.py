@@ -38,10 +38,22 @@ def answer(value, status=200):
     ("era", "routes"),
     [
         ("2021 bare list at /dalle", {("POST", "/dalle"): answer([jpeg_b64(), jpeg_b64((0, 0, 255))])}),
-        ("2022-06 object at /dalle", {("POST", "/dalle"): answer(
-            {"generatedImgs": [jpeg_b64(), jpeg_b64()], "generatedImgsFormat": "jpeg"})}),
-        ("2022-11 object at /generate", {("POST", "/generate"): answer(
-            {"generatedImgs": [jpeg_b64(), jpeg_b64()], "generatedImgsFormat": "png"})}),
+        (
+            "2022-06 object at /dalle",
+            {
+                ("POST", "/dalle"): answer(
+                    {"generatedImgs": [jpeg_b64(), jpeg_b64()], "generatedImgsFormat": "jpeg"}
+                )
+            },
+        ),
+        (
+            "2022-11 object at /generate",
+            {
+                ("POST", "/generate"): answer(
+                    {"generatedImgs": [jpeg_b64(), jpeg_b64()], "generatedImgsFormat": "png"}
+                )
+            },
+        ),
     ],
 )
 def test_client_speaks_every_playground_era(era, routes):
@@ -55,7 +67,7 @@ def test_client_speaks_every_playground_era(era, routes):
         events = list(client.generate_stream("a red fox", num_images=2))
         assert [type(e) for e in events] == [ImageEvent, ImageEvent, DoneEvent]
         posts = [r for r in server.requests if r[0] == "POST" and r[1] != "/generate/stream"]
-        method, path, headers, body = posts[-1]
+        _, path, headers, body = posts[-1]
         assert json.loads(body) == {"text": "a red fox", "num_images": 2}
         assert headers["Bypass-Tunnel-Reminder"] == "go"
         # the working route is remembered: the last call went straight to it
@@ -64,8 +76,10 @@ def test_client_speaks_every_playground_era(era, routes):
 
 def test_405_also_moves_to_the_other_route():
     """A 405 on /generate makes the client try /dalle."""
-    routes = {("POST", "/generate"): answer({"detail": "Method Not Allowed"}, 405),
-              ("POST", "/dalle"): answer([jpeg_b64()])}
+    routes = {
+        ("POST", "/generate"): answer({"detail": "Method Not Allowed"}, 405),
+        ("POST", "/dalle"): answer([jpeg_b64()]),
+    }
     with StandIn(routes) as server:
         assert len(ImageClient(server.url).generate("x").images) == 1
 
@@ -127,12 +141,19 @@ CHAINED = {"truncated json", "connection cut mid-body", "invalid base64", "not a
 @pytest.mark.parametrize(
     ("name", "route", "error"),
     [
-        ("html 500 page", lambda h, b: send(h, 500, b"<html><h1>Internal Server Error</h1></html>", "text/html"),
-         ServerError),
+        (
+            "html 500 page",
+            lambda h, b: send(h, 500, b"<html><h1>Internal Server Error</h1></html>", "text/html"),
+            ServerError,
+        ),
         ("truncated json", lambda h, b: send(h, 200, b'{"generatedImgs": ["abc'), BadServerResponse),
         ("connection cut mid-body", cut_short, BadServerResponse),
         ("invalid base64", answer({"generatedImgs": ["not base64 !!"]}), BadServerResponse),
-        ("not an image", answer({"generatedImgs": [base64.b64encode(b"hello world").decode()]}), BadServerResponse),
+        (
+            "not an image",
+            answer({"generatedImgs": [base64.b64encode(b"hello world").decode()]}),
+            BadServerResponse,
+        ),
         ("wrong shape", answer({"images": [jpeg_b64()]}), BadServerResponse),
         ("no images", answer({"generatedImgs": []}), BadServerResponse),
         ("number instead of image", answer([42]), BadServerResponse),
@@ -187,16 +208,16 @@ def test_sse_parser_handles_split_chunks_comments_and_crlf():
     parser = SSEParser()
     assert parser.feed(b": keepalive\n\nevent: que") == []
     assert parser.feed(b'ued\r\ndata: {"position": 2}\r\n\r\nevent: done\ndata: {}\n') == [
-        ("queued", '{"position": 2}')]
+        ("queued", '{"position": 2}')
+    ]
     assert parser.feed(b"\n") == [("done", "{}")]
 
 
 def test_stream_error_event_raises_server_error():
     """An ``error`` event from the server becomes a ServerError with its code."""
     engine = NoiseEngine(size_px=16, fail_on=frozenset({"boom"}))
-    with running_server(engine) as srv:
-        with pytest.raises(ServerError) as info:
-            list(ImageClient(srv.url).generate_stream("boom"))
+    with running_server(engine) as srv, pytest.raises(ServerError) as info:
+        list(ImageClient(srv.url).generate_stream("boom"))
     assert info.value.code == "engine_error"
 
 

@@ -54,7 +54,7 @@ def secured():
 
 
 def test_playground_ui_request_shape_gets_playground_response(server):
-    """text/plain body + Bypass-Tunnel-Reminder + preflight -> {"generatedImgs": [...], "generatedImgsFormat"}."""
+    """Playground UI shapes (text/plain, Bypass-Tunnel-Reminder, preflight) get the Playground answer."""
     preflight = requests.options(
         server.url + "/generate",
         headers={
@@ -89,7 +89,9 @@ def test_playground_ui_request_shape_gets_playground_response(server):
 
 def test_body_without_content_type_and_double_encoded_body_are_accepted(server):
     """A body with no content type, and a JSON string holding the object, both work."""
-    raw = requests.Request("POST", server.url + "/dalle", data=b'{"text": "a cat", "num_images": 1}').prepare()
+    raw = requests.Request(
+        "POST", server.url + "/dalle", data=b'{"text": "a cat", "num_images": 1}'
+    ).prepare()
     raw.headers.pop("Content-Type", None)
     with requests.Session() as session:
         assert session.send(raw, timeout=10).status_code == 200
@@ -107,6 +109,12 @@ def test_extensions_seed_format_options_and_timings(server):
     assert set(first["timings"]) == {"queued_s", "generate_s", "encode_s"}
     assert first["generatedImgs"] == second["generatedImgs"]
     assert first["generatedImgs"][0] != first["generatedImgs"][1]
+    odd = requests.post(
+        server.url + "/generate", data=b'{"text": "a \\ud800 b", "num_images": 2.0}', timeout=10
+    )
+    assert (
+        odd.status_code == 200 and odd.json()["prompt"] == "a ? b" and len(odd.json()["generatedImgs"]) == 2
+    )
     random_a = requests.post(server.url + "/generate", json={"text": "x", "seed": 0}, timeout=10).json()
     random_b = requests.post(server.url + "/generate", json={"text": "x"}, timeout=10).json()
     assert random_a["seed"] > 0 and random_b["seed"] > 0 and random_a["seed"] != random_b["seed"]
@@ -123,12 +131,14 @@ def test_extensions_seed_format_options_and_timings(server):
         (b'{"text": "a", "num_images": 0}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": 10}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": "3"}', 422, "invalid_request"),
+        (b'{"text": "a", "num_images": 2.5}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": true}', 422, "invalid_request"),
         (b'{"text": "a", "seed": -1}', 422, "invalid_request"),
         (b'{"text": "a", "image_format": "gif"}', 422, "invalid_request"),
         (b'{"text": "a", "temprature": 1.0}', 422, "invalid_request"),
         (b'{"text": "a", "steps": 0}', 422, "invalid_request"),
         (json.dumps({"text": "a" * 501}).encode(), 422, "invalid_request"),
+        (b'{"text": "a", "\\udfff": 1}', 422, "invalid_request"),
         (json.dumps({"text": "a", "pad": "x" * 70_000}).encode(), 413, "payload_too_large"),
     ],
 )
@@ -150,8 +160,12 @@ def test_unknown_route_wrong_method_and_engine_failure_are_json(server):
 
 def test_streaming_route_sends_queued_progress_images_done(server):
     """POST /generate/stream: queued, progress with previews, one image per index, then done."""
-    answer = requests.post(server.url + "/generate/stream", json={"text": "a boat", "num_images": 2, "seed": 9},
-                           stream=True, timeout=10)
+    answer = requests.post(
+        server.url + "/generate/stream",
+        json={"text": "a boat", "num_images": 2, "seed": 9},
+        stream=True,
+        timeout=10,
+    )
     assert answer.headers["content-type"].startswith("text/event-stream")
     events = []
     kind = None
@@ -164,8 +178,9 @@ def test_streaming_route_sends_queued_progress_images_done(server):
     assert kinds[0] == "queued" and kinds[-1] == "done"
     assert any(k == "progress" and "preview" in d for k, d in events)
     assert sorted(d["index"] for k, d in events if k == "image") == [0, 1]
-    plain = requests.post(server.url + "/generate", json={"text": "a boat", "num_images": 2, "seed": 9},
-                          timeout=10).json()
+    plain = requests.post(
+        server.url + "/generate", json={"text": "a boat", "num_images": 2, "seed": 9}, timeout=10
+    ).json()
     streamed = {d["index"]: d["data"] for k, d in events if k == "image"}
     assert [streamed[0], streamed[1]] == plain["generatedImgs"]
     assert events[-1][1]["seed"] == 9
@@ -175,8 +190,9 @@ def test_stream_client_disconnect_cancels_its_work():
     """A streaming client that goes away cancels its queued images (the engine never makes them)."""
     engine = NoiseEngine(size_px=32, base_latency_s=0.3, max_batch=1, steps=2)
     with running_server(engine) as srv:
-        answer = requests.post(srv.url + "/generate/stream", json={"text": "slow", "num_images": 6},
-                               stream=True, timeout=10)
+        answer = requests.post(
+            srv.url + "/generate/stream", json={"text": "slow", "num_images": 6}, stream=True, timeout=10
+        )
         lines = answer.iter_lines()
         while next(lines) != b"event: progress":
             pass
@@ -189,8 +205,14 @@ def test_stream_client_disconnect_cancels_its_work():
 
 def test_auth_no_token_or_wrong_token_is_401_everywhere_but_health(secured):
     """With a token: 401 without/with a wrong token on every route but GET /; 200 with the right one."""
-    routes = [("POST", "/generate"), ("POST", "/dalle"), ("POST", "/generate/stream"), ("GET", "/openapi.json"),
-              ("GET", "/missing"), ("POST", "/")]
+    routes = [
+        ("POST", "/generate"),
+        ("POST", "/dalle"),
+        ("POST", "/generate/stream"),
+        ("GET", "/openapi.json"),
+        ("GET", "/missing"),
+        ("POST", "/"),
+    ]
     body = json.dumps({"text": "a fox"})
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         for method, path in routes:
@@ -205,9 +227,15 @@ def test_auth_no_token_or_wrong_token_is_401_everywhere_but_health(secured):
     assert requests.get(secured.url + "/openapi.json", headers=AUTH, timeout=5).status_code == 200
     full = requests.get(secured.url + "/", headers=AUTH, timeout=5).json()
     assert full["engine"] == "noise"
-    preflight = requests.options(secured.url + "/generate", headers={
-        "Origin": PLAYGROUND_ORIGIN, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"}, timeout=5)
+    preflight = requests.options(
+        secured.url + "/generate",
+        headers={
+            "Origin": PLAYGROUND_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+        timeout=5,
+    )
     assert preflight.status_code == 200
 
 
@@ -247,8 +275,9 @@ def test_path_traversal_prompt_never_reaches_a_path(tmp_path):
 def test_parse_generate_body_is_pure_and_strict():
     """parse_generate_body validates without a server: trimmed text, defaults, typed errors."""
     engine = NoiseEngine()
-    req = parse_generate_body(b'{"text": " a ", "temperature": 2}', engine=engine, max_images=9,
-                              max_prompt_chars=10)
+    req = parse_generate_body(
+        b'{"text": " a ", "temperature": 2}', engine=engine, max_images=9, max_prompt_chars=10
+    )
     assert (req.text, req.num_images, req.seed, req.image_format) == ("a", 1, None, "jpeg")
     assert req.options == {"temperature": 2.0}
     with pytest.raises(ApiError) as info:
@@ -279,7 +308,9 @@ def test_noise_engine_is_deterministic_per_image_seed():
 
     engine = NoiseEngine(size_px=32)
     engine.load()
-    a, b, c, d = engine.generate([ImageJob("p", 1, 0), ImageJob("p", 1, 1), ImageJob("q", 1, 0), ImageJob("p", 1, 0)])
+    a, b, c, d = engine.generate(
+        [ImageJob("p", 1, 0), ImageJob("p", 1, 1), ImageJob("q", 1, 0), ImageJob("p", 1, 0)]
+    )
     assert a.tobytes() == d.tobytes()
     assert a.tobytes() != b.tobytes() and a.tobytes() != c.tobytes()
     assert engine.latency_s(16) < 16 * engine.latency_s(1) or engine.latency_s(1) == 0
@@ -293,7 +324,27 @@ def test_engine_load_failure_surfaces_from_start_background():
             raise EngineError("weights missing: put them in the model directory")
 
     start = time.monotonic()
-    with pytest.raises(EngineError, match="weights missing"):
-        with running_server(Broken()):
-            pass
+    with pytest.raises(EngineError, match="weights missing"), running_server(Broken()):
+        pass
     assert time.monotonic() - start < 10
+
+
+def test_real_dalle_mini_engine_serves_through_the_server(tmp_path):
+    """The dalle-mini engine (tiny random checkpoint) loads in the server and answers the client."""
+    from speech2image_nb.images import ImageClient
+    from speech2image_nb.server import start_background
+    from speech2image_nb.server.engines.dalle_mini import save_random_checkpoint
+
+    model_dir = save_random_checkpoint(tmp_path, "tiny", seed=1)
+    server = start_background("dalle-mini", model_dir=str(model_dir), ready_timeout_s=60)
+    try:
+        client = ImageClient(server.url)
+        assert client.health()["engine"] == "dalle-mini"
+        first = client.generate("a red fox", seed=3, temperature=2.0)
+        again = client.generate("a red fox", seed=3, temperature=2.0)
+        assert first.images[0].size == (256, 256) and first.engine == "dalle-mini"
+        assert first.images[0].tobytes() == again.images[0].tobytes()
+        rejected = requests.post(server.url + "/generate", json={"text": "x", "steps": 2}, timeout=10)
+        assert_error_body(rejected, 422, "invalid_request")
+    finally:
+        server.stop()

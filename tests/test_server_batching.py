@@ -57,8 +57,10 @@ def test_sixteen_concurrent_requests_take_at_most_1_5x_one_request():
     assert all(len(r.images) == 1 for r in results), results
     assert sum(engine.calls) == CONCURRENT and len(engine.calls) <= 2, engine.calls
     serial_s = CONCURRENT * engine.latency_s(1)
-    print(f"one request {one_s:.3f} s, {CONCURRENT} concurrent {many_s:.3f} s "
-          f"(ratio {many_s / one_s:.2f}; serial would take {serial_s:.1f} s), calls {engine.calls}")
+    print(
+        f"one request {one_s:.3f} s, {CONCURRENT} concurrent {many_s:.3f} s "
+        f"(ratio {many_s / one_s:.2f}; serial would take {serial_s:.1f} s), calls {engine.calls}"
+    )
     assert many_s <= 1.5 * one_s * TIME_FACTOR
 
 
@@ -95,8 +97,12 @@ def test_requests_with_different_engine_options_are_not_mixed():
     """Requests only share an engine call when their engine options are equal."""
     engine = NoiseEngine(size_px=32, base_latency_s=0.2)
     with running_server(engine) as srv:
-        run_concurrently(4, lambda i: requests.post(
-            srv.url + "/generate", json={"text": "x", "steps": 2 + i % 2}, timeout=10).json())
+        run_concurrently(
+            4,
+            lambda i: requests.post(
+                srv.url + "/generate", json={"text": "x", "steps": 2 + i % 2}, timeout=10
+            ).json(),
+        )
     assert sorted(engine.calls) == [2, 2], engine.calls
 
 
@@ -107,8 +113,9 @@ def test_full_queue_answers_503_with_retry_after():
         body = json.dumps({"text": "wait"})
         threads = []
         for delay in (0.0, 0.3, 0.3):
-            thread = threading.Thread(target=requests.post, args=(srv.url + "/generate",),
-                                      kwargs={"data": body, "timeout": 20})
+            thread = threading.Thread(
+                target=requests.post, args=(srv.url + "/generate",), kwargs={"data": body, "timeout": 20}
+            )
             thread.start()
             threads.append(thread)
             time.sleep(delay)

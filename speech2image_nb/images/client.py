@@ -173,7 +173,9 @@ def parse_images_body(body: Any) -> tuple[list[str], dict[str, Any]]:
 def _number_dict(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         return {}
-    return {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -343,7 +345,10 @@ class ImageClient:
                 url,
                 data=None if body is None else json.dumps(body),
                 headers=self._headers(
-                    {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+                    {
+                        "Content-Type": "application/json",
+                        "Accept": "text/event-stream" if stream else "application/json",
+                    }
                 ),
                 timeout=self.timeout_s,
                 stream=True,
@@ -368,7 +373,8 @@ class ImageClient:
         if length.isdigit() and int(length) > self.max_response_bytes:
             response.close()
             raise BadServerResponse(
-                f"The image server's answer is too large ({int(length)} bytes; limit {self.max_response_bytes})."
+                f"The image server's answer is too large ({int(length)} bytes; "
+                f"limit {self.max_response_bytes})."
             )
         deadline = time.monotonic() + self.timeout_s[1]
         chunks: list[bytes] = []
@@ -584,7 +590,14 @@ def default_client() -> ImageClient:
 
 
 def generate(
-    prompt: str, *, num_images: int = 1, seed: int | None = None, image_format: str | None = None, **options: Any
+    prompt: str,
+    *,
+    num_images: int = 1,
+    seed: int | None = None,
+    image_format: str | None = None,
+    **options: Any,
 ) -> Generation:
     """Make images of ``prompt`` with the default image server (see :func:`default_client`)."""
-    return default_client().generate(prompt, num_images=num_images, seed=seed, image_format=image_format, **options)
+    return default_client().generate(
+        prompt, num_images=num_images, seed=seed, image_format=image_format, **options
+    )

@@ -65,11 +65,15 @@ class BackgroundServer:
             self._socket.bind((host, port))
         except OSError as exc:
             self._socket.close()
-            raise ServerUnreachable(f"Cannot listen on {host}:{port}: {exc.strerror}.", url=f"{host}:{port}") from exc
+            raise ServerUnreachable(
+                f"Cannot listen on {host}:{port}: {exc.strerror}.", url=f"{host}:{port}"
+            ) from exc
         bound_port = self._socket.getsockname()[1]
         shown_host = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown_host}:{bound_port}"
-        config = uvicorn.Config(app, log_config=None, access_log=access_log, lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app, log_config=None, access_log=access_log, lifespan="on", timeout_graceful_shutdown=2
+        )
         self._server = uvicorn.Server(config)
         self._app = app
         self._thread = threading.Thread(target=self._run, name="s2i-image-server", daemon=True)
@@ -78,7 +82,7 @@ class BackgroundServer:
     def _run(self) -> None:
         try:
             self._server.run(sockets=[self._socket])
-        except BaseException as exc:  # noqa: BLE001 - uvicorn exits with SystemExit; reported via .error
+        except BaseException as exc:
             self.error = exc
         finally:
             load_error = getattr(self._app.state, "load_error", None)
@@ -183,4 +187,3 @@ def start_background(
             server.stop()
             raise
     return server
-

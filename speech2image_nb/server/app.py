@@ -25,7 +25,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,8 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import EngineError
-from .batcher import Batcher, Failed, ImageReady, Progress, Queued, QueueFull, Ticket
-from .engines.base import SEED_MAX, Engine, LoadProgress
+from .batcher import Batcher, Failed, ImageReady, Progress, Queued, QueueFullError, Ticket
+from .engines.base import Engine, LoadProgress
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # request bodies above this are refused with 413
 KEEPALIVE_S = 15.0  # an SSE comment at least this often keeps tunnels and proxies from timing out
 RANDOM_SEED_MAX = 2**31 - 1  # random seeds stay small enough for any JSON number parser
+SEED_MAX = 2**53 - 1  # the largest integer a JavaScript client can send exactly
 IMAGE_FORMATS = ("jpeg", "png")
 BASE_FIELDS = frozenset({"text", "num_images", "seed", "image_format"})
 JPEG_QUALITY = 90
@@ -66,21 +67,49 @@ STATUS_CODES: dict[int, str] = {
     504: "timeout",
 }
 
-GENERATE_BODY_SCHEMA: dict[str, Any] = {
+
+def generate_body_schema(engine: Engine, *, max_images: int, max_prompt_chars: int) -> dict[str, Any]:
+    """JSON schema of a generate request for this engine (its knobs, typed when it says how)."""
+    option_schema: Mapping[str, Any] = getattr(engine, "option_schema", {})
+    options = {name: dict(option_schema.get(name, {})) for name in sorted(engine.option_names)}
+    return {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": max_prompt_chars,
+                "pattern": "\\S",
+                "description": "the prompt",
+            },
+            "num_images": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_images,
+                "description": "default 1",
+            },
+            "seed": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "maximum": SEED_MAX,
+                "description": "0, null or absent = random",
+            },
+            "image_format": {"type": "string", "enum": list(IMAGE_FORMATS)},
+            **options,
+        },
+        "additionalProperties": False,
+    }
+
+
+SSE_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["text"],
+    "description": "queued {position}, progress {step, total, preview?}, image {index, data}, "
+    "done {seed, timings}, error {code, message}; data is JSON",
     "properties": {
-        "text": {"type": "string", "minLength": 1, "description": "the prompt"},
-        "num_images": {"type": "integer", "minimum": 1, "description": "images to make (default 1)"},
-        "seed": {"type": "integer", "minimum": 0, "description": "0 or absent = random"},
-        "image_format": {"type": "string", "enum": list(IMAGE_FORMATS)},
-        "temperature": {"type": "number"},
-        "top_k": {"type": "integer"},
-        "supercondition_factor": {"type": "number"},
-        "steps": {"type": "integer"},
-        "guidance_scale": {"type": "number"},
+        "event": {"type": "string", "enum": ["queued", "progress", "image", "done", "error"]},
+        "data": {"type": "string"},
     },
-    "additionalProperties": False,
 }
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -128,8 +157,11 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The documented error body."""
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The documented error body (a message echoing request text is made valid UTF-8 first)."""
+    message = message.encode("utf-8", "replace").decode("utf-8")
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -144,8 +176,15 @@ class GenerateRequest:
     options: Mapping[str, Any]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def as_int(value: Any) -> int | None:
+    """``value`` as an int if it is a JSON integer (``2``, ``2.0``); None for ``true``, ``2.5``, ``"2"``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def parse_generate_body(
@@ -163,18 +202,21 @@ def parse_generate_body(
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from exc
     if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", 'The request body must be a JSON object like {"text": "a fox"}.')
+        raise ApiError(
+            422, "invalid_request", 'The request body must be a JSON object like {"text": "a fox"}.'
+        )
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(422, "invalid_request", 'The field "text" must be a non-empty string.')
-    text = text.strip()
+    # a lone surrogate (from a \udXXX escape) cannot be encoded anywhere later: make it "?"
+    text = text.strip().encode("utf-8", "replace").decode("utf-8")
     if len(text) > max_prompt_chars:
         raise ApiError(422, "invalid_request", f"The prompt is longer than {max_prompt_chars} characters.")
-    num_images = body.get("num_images", 1)
-    if not _is_int(num_images) or not 1 <= num_images <= max_images:
+    num_images = as_int(body.get("num_images", 1))
+    if num_images is None or not 1 <= num_images <= max_images:
         raise ApiError(422, "invalid_request", f'"num_images" must be an integer from 1 to {max_images}.')
     seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed <= SEED_MAX):
+    if seed is not None and ((seed := as_int(seed)) is None or not 0 <= seed <= SEED_MAX):
         raise ApiError(422, "invalid_request", f'"seed" must be an integer from 0 to {SEED_MAX}.')
     image_format = body.get("image_format", "jpeg")
     if image_format not in IMAGE_FORMATS:
@@ -269,6 +311,9 @@ async def read_body(request: Request, *, limit_bytes: int = MAX_BODY_BYTES) -> b
     return b"".join(chunks)
 
 
+EngineDep = Annotated[Engine, Depends(get_engine)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+
 # --- the app -----------------------------------------------------------------------------------
 
 
@@ -324,13 +369,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await asyncio.to_thread(engine.load, load_progress)
-        except BaseException as exc:
-            app.state.load_error = exc
-            raise
         batcher = Batcher(engine, **batcher_kwargs)
         await batcher.start()
+        try:
+            await batcher.run_in_engine_thread(engine.load, load_progress)
+        except BaseException as exc:
+            app.state.load_error = exc
+            await batcher.stop()
+            raise
         app.state.engine = engine
         app.state.batcher = batcher
         try:
@@ -360,7 +406,7 @@ def create_app(
             ticket = batcher.submit(
                 prompt=req.text, seed=seed, num_images=req.num_images, options=req.options, stream=stream
             )
-        except QueueFull as exc:
+        except QueueFullError as exc:
             raise ApiError(
                 503,
                 "queue_full",
@@ -372,7 +418,9 @@ def create_app(
     def engine_failure(exc: BaseException) -> ApiError:
         if isinstance(exc, EngineError):
             return ApiError(500, "engine_error", str(exc)[:500] or "The image engine failed.")
-        return ApiError(500, "engine_error", f"The image engine failed ({type(exc).__name__}); see the server log.")
+        return ApiError(
+            500, "engine_error", f"The image engine failed ({type(exc).__name__}); see the server log."
+        )
 
     def save_images(encoded: Sequence[str], image_format: str) -> None:
         assert save_path is not None
@@ -382,16 +430,16 @@ def create_app(
         for index, data in enumerate(encoded):
             (save_path / f"{request_id}_{index}.{extension}").write_bytes(base64.b64decode(data))
 
-    async def generate(
-        request: Request, engine: Engine = Depends(get_engine), batcher: Batcher = Depends(get_batcher)
-    ) -> JSONResponse:
+    async def generate(request: Request, engine: EngineDep, batcher: BatcherDep) -> JSONResponse:
         req = await read_request(request, engine)
         ticket, seed = submit(batcher, req, stream=False)
         try:
             images = await asyncio.wait_for(ticket.future, limits.request_timeout_s)
         except asyncio.TimeoutError as exc:
             ticket.cancel()
-            raise ApiError(504, "timeout", f"The images took longer than {limits.request_timeout_s:g} s.") from exc
+            raise ApiError(
+                504, "timeout", f"The images took longer than {limits.request_timeout_s:g} s."
+            ) from exc
         except asyncio.CancelledError:
             ticket.cancel()
             raise
@@ -418,13 +466,17 @@ def create_app(
             }
         )
 
-    generate_doc = {
+    generate_doc: dict[str, Any] = {
         "openapi_extra": {
             "requestBody": {
                 "required": True,
+                "description": "read as JSON whatever the content type (the Playground sends text/plain)",
                 "content": {
-                    "application/json": {"schema": GENERATE_BODY_SCHEMA},
-                    "text/plain": {"schema": {"type": "string"}},
+                    "application/json": {
+                        "schema": generate_body_schema(
+                            engine, max_images=max_images, max_prompt_chars=max_prompt_chars
+                        )
+                    }
                 },
             }
         },
@@ -434,20 +486,20 @@ def create_app(
         },
     }
     app.add_api_route("/generate", generate, methods=["POST"], summary="Generate images", **generate_doc)
-    app.add_api_route("/dalle", generate, methods=["POST"], summary="Generate images (older name)", **generate_doc)
+    app.add_api_route(
+        "/dalle", generate, methods=["POST"], summary="Generate images (older name)", **generate_doc
+    )
 
     @app.post(
         "/generate/stream",
         summary="Generate images, streaming progress as server-sent events",
         openapi_extra=generate_doc["openapi_extra"],
         responses={
-            200: {"description": "events", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            200: {"description": "events", "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             **_error_responses(400, 401, 413, 422, 503),
         },
     )
-    async def generate_stream(
-        request: Request, engine: Engine = Depends(get_engine), batcher: Batcher = Depends(get_batcher)
-    ) -> StreamingResponse:
+    async def generate_stream(request: Request, engine: EngineDep, batcher: BatcherDep) -> StreamingResponse:
         req = await read_request(request, engine)
         ticket, seed = submit(batcher, req, stream=True)
         return StreamingResponse(
@@ -457,7 +509,7 @@ def create_app(
         )
 
     @app.get("/", summary="Health check", responses={200: {"description": '{"success": true, ...}'}})
-    async def health(request: Request, batcher: Batcher = Depends(get_batcher)) -> dict[str, Any]:
+    async def health(request: Request, batcher: BatcherDep) -> dict[str, Any]:
         if token is not None and not request.scope.get("state", {}).get("authorized"):
             return {"success": True}
         return {
@@ -572,4 +624,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return error_response(500, "internal_error", "The image server failed unexpectedly; see its log.")
-

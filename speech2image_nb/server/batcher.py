@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from .engines.base import Engine, ImageJob
@@ -30,15 +31,17 @@ from .engines.base import Engine, ImageJob
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Batcher", "Failed", "ImageReady", "Progress", "QueueFull", "Queued", "Ticket"]
+__all__ = ["Batcher", "Failed", "ImageReady", "Progress", "QueueFullError", "Queued", "Ticket"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_BATCH_WAIT_S = 0.05  # longest gathering window after an idle period
 DEFAULT_BATCH_GAP_S = 0.005  # the window closes when no request arrived for this long
 
 
-class QueueFull(Exception):
+class QueueFullError(Exception):
     """The queue holds ``max_queue`` requests; retry after ``retry_after_s`` seconds."""
 
     def __init__(self, retry_after_s: int) -> None:
@@ -162,7 +165,7 @@ class Batcher:
     max_batch
         Most images per engine call (default and upper bound: ``engine.max_batch``).
     max_queue
-        Most requests waiting; more are refused with :class:`QueueFull`.
+        Most requests waiting; more are refused with :class:`QueueFullError`.
     batch_wait_s, batch_gap_s
         The gathering window after an idle period (see the module docstring).
     """
@@ -181,7 +184,7 @@ class Batcher:
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self.engine = engine
-        self.max_batch = min(max_batch or engine.max_batch, max(engine.max_batch, 1))
+        self._max_batch_limit = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.batch_gap_s = batch_gap_s
@@ -194,6 +197,12 @@ class Batcher:
         self._batch_s_avg = 1.0  # running mean of engine call time, for Retry-After
         self.running = False
 
+    @property
+    def max_batch(self) -> int:
+        """Images per engine call: the configured limit, never above the engine's own."""
+        engine_max = max(self.engine.max_batch, 1)
+        return min(self._max_batch_limit or engine_max, engine_max)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -203,14 +212,19 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2i-engine")
         self._task = asyncio.create_task(self._work(), name="s2i-batcher")
 
+    async def run_in_engine_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on the engine's own thread (load there, so that thread-local
+        torch state such as the CUDA device is the same for load() and generate())."""
+        if self._loop is None or self._executor is None:
+            raise RuntimeError("Batcher.start() was not awaited")
+        return await self._loop.run_in_executor(self._executor, function, *args)
+
     async def stop(self) -> None:
         """Stop the worker and fail every waiting request."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         while self._queue:
             self._queue.popleft().fail(EngineError("The image server is shutting down."))
@@ -228,12 +242,12 @@ class Batcher:
     def submit(
         self, *, prompt: str, seed: int, num_images: int, options: Mapping[str, Any], stream: bool = False
     ) -> Ticket:
-        """Queue a request; raises :class:`QueueFull` when ``max_queue`` requests wait."""
+        """Queue a request; raises :class:`QueueFullError` when ``max_queue`` requests wait."""
         if self._loop is None or self._wakeup is None:
             raise RuntimeError("Batcher.start() was not awaited")
         self._queue = collections.deque(t for t in self._queue if not t.cancelled)
         if len(self._queue) >= self.max_queue:
-            raise QueueFull(self.retry_after_s())
+            raise QueueFullError(self.retry_after_s())
         ticket = Ticket(
             prompt=prompt, seed=seed, num_images=num_images, options=options, loop=self._loop, stream=stream
         )
@@ -305,7 +319,7 @@ class Batcher:
             if ticket.started_at is None:
                 ticket.started_at = started
         jobs = [ticket.job(index) for ticket, index in batch]
-        first_slot = {}
+        first_slot: dict[Ticket, int] = {}
         for slot, (ticket, _) in enumerate(batch):
             first_slot.setdefault(ticket, slot)
         streaming = [t for t in tickets if t.events is not None]
@@ -333,5 +347,5 @@ class Batcher:
             self._batch_s_avg = 0.7 * self._batch_s_avg + 0.3 * elapsed
         for ticket in tickets:
             ticket.generate_s += elapsed
-        for (ticket, index), image in zip(batch, images):
+        for (ticket, index), image in zip(batch, images, strict=True):
             ticket.deliver(index, image)

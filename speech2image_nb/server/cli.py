@@ -45,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-auth", action="store_true", help="no token, even behind a public tunnel")
     parser.add_argument("--tunnel", choices=("cloudflared", "ngrok"), help="open a public URL")
     parser.add_argument("--ngrok-token", help="ngrok auth token (default: $NGROK_AUTHTOKEN)")
-    parser.add_argument("--cloudflared", help="path of the cloudflared executable (default: PATH or download)")
+    parser.add_argument(
+        "--cloudflared", help="path of the cloudflared executable (default: PATH or download)"
+    )
     parser.add_argument("--max-images", type=int, default=9, help="images per request (default 9)")
     parser.add_argument("--max-prompt-chars", type=int, default=500, help="prompt length (default 500)")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests (default 64)")
     parser.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's)")
-    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    parser.add_argument(
+        "--request-timeout", type=float, default=300.0, help="seconds per request (default 300)"
+    )
     parser.add_argument("--save-dir", help="also save every image here (files named by a random id)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     return parser
@@ -83,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         token = secrets.token_urlsafe(24)
         created_token = True
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host} without a token; anyone who can reach it can use it.",
-              file=sys.stderr)
+        print(
+            f"warning: listening on {args.host} without a token; anyone who can reach it can use it.",
+            file=sys.stderr,
+        )
 
     from . import start_background
     from .engines import create_engine
@@ -113,8 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_url = server.url
         if args.tunnel:
             port = int(server.url.rsplit(":", 1)[1])
+            local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
             tunnel = open_tunnel(
-                args.tunnel, port, executable=args.cloudflared if args.tunnel == "cloudflared" else None,
+                args.tunnel,
+                port,
+                host=local_host,
+                executable=args.cloudflared if args.tunnel == "cloudflared" else None,
                 ngrok_token=args.ngrok_token,
             )
             public_url = tunnel.public_url
@@ -123,8 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"token: {token}", file=out)
             print(f"in your notebook: {connect_line(public_url, token)}", file=out, flush=True)
         elif token is not None:
-            print(f"in your notebook: speech2image_nb.connect(\"{public_url}\", token=<your {TOKEN_ENV}>)",
-                  file=out, flush=True)
+            print(
+                f'in your notebook: speech2image_nb.connect("{public_url}", token=<your {TOKEN_ENV}>)',
+                file=out,
+                flush=True,
+            )
         else:
             print(f"in your notebook: {connect_line(public_url, None)}", file=out, flush=True)
         while not server.join(1.0):

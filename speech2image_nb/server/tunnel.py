@@ -135,7 +135,10 @@ def _download(url: str, target: Path, expected_sha256: str) -> Path:
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".cloudflared-")
     temp = Path(temp_name)
     try:
-        with os.fdopen(fd, "wb") as handle, requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as answer:
+        with (
+            os.fdopen(fd, "wb") as handle,
+            requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as answer,
+        ):
             answer.raise_for_status()
             for chunk in answer.iter_content(1 << 20):
                 handle.write(chunk)
@@ -150,7 +153,8 @@ def _download(url: str, target: Path, expected_sha256: str) -> Path:
         return target
     except requests.RequestException as exc:
         raise ConfigError(
-            f"Could not download cloudflared ({type(exc).__name__}); install it yourself or use --tunnel ngrok."
+            f"Could not download cloudflared ({type(exc).__name__}); "
+            "install it yourself or use --tunnel ngrok."
         ) from exc
     finally:
         temp.unlink(missing_ok=True)
@@ -222,7 +226,7 @@ def open_tunnel(
     timeout_s: float = DEFAULT_START_TIMEOUT_S,
 ) -> Tunnel:
     """Open a public tunnel to ``http://host:port``; ``kind`` is ``cloudflared`` or ``ngrok``."""
-    local = f"http://{host}:{port}"
+    local = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     if kind == "cloudflared":
         binary = Path(executable) if executable else find_cloudflared()
         argv = [str(binary), "tunnel", "--no-autoupdate", "--url", local]
@@ -233,7 +237,9 @@ def open_tunnel(
             raise ConfigError("ngrok needs an auth token: set NGROK_AUTHTOKEN or pass --ngrok-token.")
         binary_name = str(executable) if executable else shutil.which("ngrok")
         if not binary_name:
-            raise ConfigError("ngrok is not installed (https://ngrok.com/download); or use --tunnel cloudflared.")
+            raise ConfigError(
+                "ngrok is not installed (https://ngrok.com/download); or use --tunnel cloudflared."
+            )
         argv = [binary_name, "http", str(port), "--log", "stdout", "--log-format", "logfmt"]
         # the token travels in the environment, not on the command line where `ps` shows it
         return start_tunnel_process(

@@ -29,7 +29,7 @@ DIFFUSERS_PREFIX = "diffusers:"
 SD_TURBO_MODEL_ID = "stabilityai/sd-turbo"
 
 
-def _load_class(target: str, engine_name: str) -> type[Engine]:
+def _load_class(target: str, engine_name: str) -> Any:
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -43,7 +43,7 @@ def _load_class(target: str, engine_name: str) -> type[Engine]:
             f"The image engine {engine_name!r} needs the Python package {exc.name!r}; "
             "install it with: pip install 'speech2image_nb[server,diffusers]'."
         ) from exc
-    cls = getattr(module, class_name, None)
+    cls: Any = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
         raise EngineError(f"The image engine {engine_name!r} could not be found in {module_name}.")
     return cls
@@ -59,16 +59,18 @@ def create_engine(
     name and EngineError when the engine cannot be imported here.
     """
     name = name.strip()
-    kwargs: dict[str, Any] = {"model_dir": model_dir, "device": device, "dtype": dtype}
+    common: dict[str, Any] = {"model_dir": model_dir, "device": device, "dtype": dtype}
     if name == "noise":
-        return _load_class(ENGINES["noise"], name)()
-    if name in ("dalle-mini", "dalle-mega"):
-        return _load_class(ENGINES[name], name)(is_mega=name == "dalle-mega", **kwargs)
-    if name == "sd-turbo":
-        return _load_class(ENGINES[name], name)(model_id=SD_TURBO_MODEL_ID, **kwargs)
-    if name.startswith(DIFFUSERS_PREFIX) and name[len(DIFFUSERS_PREFIX):].strip():
-        model_id = name[len(DIFFUSERS_PREFIX):].strip()
-        return _load_class(ENGINES["sd-turbo"], name)(model_id=model_id, **kwargs)
-    raise ConfigError(
-        f"Unknown image engine {name!r}. Choose one of: {', '.join(ENGINES)}, or diffusers:<model id>."
-    )
+        target, kwargs = ENGINES["noise"], {}
+    elif name in ("dalle-mini", "dalle-mega"):
+        target, kwargs = ENGINES[name], {"is_mega": name == "dalle-mega", **common}
+    elif name == "sd-turbo":
+        target, kwargs = ENGINES[name], {"model_id": SD_TURBO_MODEL_ID, **common}
+    elif name.startswith(DIFFUSERS_PREFIX) and name[len(DIFFUSERS_PREFIX) :].strip():
+        target, kwargs = ENGINES["sd-turbo"], {"model_id": name[len(DIFFUSERS_PREFIX) :].strip(), **common}
+    else:
+        raise ConfigError(
+            f"Unknown image engine {name!r}. Choose one of: {', '.join(ENGINES)}, or diffusers:<model id>."
+        )
+    engine: Engine = _load_class(target, name)(**kwargs)
+    return engine

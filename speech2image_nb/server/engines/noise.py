@@ -9,9 +9,10 @@ like a real accelerator, so batching wins can be measured. It is never the defau
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .base import Engine, ImageJob, LoadProgress, StepProgress
 
@@ -45,6 +46,11 @@ class NoiseEngine(Engine):
 
     name = "noise"
     option_names = frozenset({"steps", "temperature"})
+    #: JSON schema of each option (documents the API; validate_options is what enforces it)
+    option_schema: ClassVar[dict[str, dict[str, Any]]] = {
+        "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS},
+        "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+    }
 
     def __init__(
         self,
@@ -77,7 +83,7 @@ class NoiseEngine(Engine):
         """Seconds one call of ``image_count`` images takes."""
         if image_count <= 0:
             return 0.0
-        return self.base_latency_s + self.per_image_latency_s * image_count**0.3
+        return self.base_latency_s + self.per_image_latency_s * math.pow(image_count, 0.3)
 
     def load(self, progress: LoadProgress | None = None) -> None:
         """Pretend to load weights, reporting progress in four parts."""
@@ -94,6 +100,8 @@ class NoiseEngine(Engine):
         clean = super().validate_options(options)
         if "steps" in clean:
             steps = clean["steps"]
+            if isinstance(steps, float) and steps.is_integer():
+                steps = clean["steps"] = int(steps)
             if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
                 raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}")
         if "temperature" in clean:
