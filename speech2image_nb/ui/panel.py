@@ -152,12 +152,14 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._gen_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2i-generate")
         self._bg_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="s2i-panel")
 
+        self._startup_error = ""
         self.recorder, self._streaming = self._make_recorder(recorder)
         self._build_widgets(hands_free=hands_free, image_count=image_count)
         super().__init__(children=self._layout_children())
         self.add_class("s2i-panel")
         if start:
-            self._bg_pool.submit(self._warm_up)
+            self._bg_pool.submit(self._warm_up_images)
+            self._bg_pool.submit(self._warm_up_speech)
 
     # --- widgets --------------------------------------------------------------------------------
 
@@ -344,11 +346,10 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     # --- start-up ------------------------------------------------------------------------------
 
-    def _warm_up(self) -> None:
-        """Connect to (or start) the image server and prepare the speech engine, in the background."""
-        startup_error = getattr(self, "_startup_error", "")
-        if startup_error:
-            self.error_html.value = f'<span class="s2i-error">⚠ {html.escape(startup_error)}</span>'
+    def _warm_up_images(self) -> None:
+        """Connect to (or start) the image server, in the background; the status line follows it."""
+        if self._startup_error:
+            self.error_html.value = f'<span class="s2i-error">⚠ {html.escape(self._startup_error)}</span>'
         self._set_status(images=f"{self._images.describe()} (connecting…)")
         try:
             self._images.open()
@@ -359,10 +360,18 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             engine = self._images.engine_name()
             suffix = f" — {engine}" if engine and engine not in self._images.describe() else ""
             self._set_status(images=f"{self._images.describe()}{suffix} (ready)")
+
+    def _warm_up_speech(self) -> None:
+        """Prepare the speech engine (loads a local Whisper model), in the background."""
+        label = self._speech_label()
+        self._set_status(speech=f"{label} (loading…)")
         try:
             self._get_transcriber()
         except Exception as exc:
+            self._set_status(speech=f"{label} (not available)")
             self.show_error(exc)
+        else:
+            self._set_status(speech=label)
 
     def _on_server_progress(self, fraction: float, message: str) -> None:
         percent = max(0, min(100, round(fraction * 100)))
@@ -373,7 +382,15 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             if self._transcriber is None:
                 from ..speech.base import get_transcriber
 
-                self._transcriber = get_transcriber(settings=self.settings)
+                options: dict[str, Any] = {}
+                if self.settings.speech_engine == "assemblyai":
+                    # Stop means the sentence is over: close the turn at once instead of waiting
+                    # for the service to hear enough silence (or to flush after Terminate).
+                    options["force_endpoint_on_stop"] = True
+                self._transcriber = get_transcriber(settings=self.settings, **options)
+            load = getattr(self._transcriber, "load", None)
+            if callable(load):  # local Whisper: load the model now, not on the first take
+                load()
             return self._transcriber
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:

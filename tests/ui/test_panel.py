@@ -165,7 +165,8 @@ def test_app_displays_once_and_returns_the_panel(monkeypatch):
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
-    monkeypatch.setattr(panel_module.Panel, "_warm_up", lambda self: None)
+    monkeypatch.setattr(panel_module.Panel, "_warm_up_images", lambda self: None)
+    monkeypatch.setattr(panel_module.Panel, "_warm_up_speech", lambda self: None)
     panel = panel_module.app(recorder=FakeRecorder(), image_count=2, server_url="http://127.0.0.1:9")
     try:
         assert shown == [panel] and isinstance(panel, Panel)
