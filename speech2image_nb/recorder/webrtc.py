@@ -120,7 +120,8 @@ class WebRTCRecorder:
     def pcm(self) -> PCM:
         """The last take as a 1-D int16 array (empty until its recording arrived)."""
         with self._lock:
-            return self._pcm.copy()
+            pcm: PCM = self._pcm.copy()
+        return pcm
 
     @property
     def elapsed_s(self) -> float:

@@ -26,7 +26,8 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
 ``launch_chromium(playwright, **chromium_args_kwargs)`` -> Playwright ``Browser``.
 ``open_notebook(page, server, name, *, host="127.0.0.1", run_all=True, timeout_s=60)``
     Navigates, waits until the kernel is connected and idle, runs all cells
-    (``notebook:run-all-cells``). Works for Lab 4 and Notebook 7.
+    (``notebook:run-all-cells``) or none. Works for Lab 4 and Notebook 7.
+``run_cell(page, index)`` -- run one cell on the page's own session (Shift+Enter).
 ``wait_kernel_idle(page, *, name='', timeout_s=)`` -- the page's (current) notebook kernel is idle.
 ``KernelClient(server, kernel_id)``
     A second client on the same kernel over ``/api/kernels/<id>/channels``.
@@ -79,6 +80,7 @@ __all__ = [
     "free_port",
     "launch_chromium",
     "open_notebook",
+    "run_cell",
     "wait_kernel_idle",
     "write_notebook",
 ]
@@ -296,6 +298,22 @@ def open_notebook(
     wait_kernel_idle(page, name=name, timeout_s=timeout_s)
     if run_all:
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def run_cell(page: Any, index: int) -> None:
+    """Run cell ``index`` of the page's current notebook, as if the person pressed Shift+Enter.
+
+    Unlike code sent by :class:`KernelClient`, this runs on the page's own session, so the
+    page's widget messages keep flowing over its kernel subshell while the cell runs.
+    """
+    page.evaluate(
+        """(index) => {
+          const notebook = window.jupyterapp.shell.currentWidget.content;
+          notebook.activeCellIndex = index;
+          return window.jupyterapp.commands.execute('notebook:run-cell');
+        }""",
+        index,
+    )
 
 
 class KernelExecuteError(RuntimeError):

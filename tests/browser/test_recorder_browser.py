@@ -12,21 +12,27 @@ from speech2image_nb.recorder.widget import ERROR_MESSAGES
 from tests.conftest import DATA_DIR, TIME_FACTOR
 
 from .audio_match import best_envelope_match, read_wav_mono, rms_envelope
-from .harness import INSECURE_HOST, KernelClient, launch_chromium, open_notebook, write_notebook
+from .harness import INSECURE_HOST, KernelClient, launch_chromium, open_notebook, run_cell, write_notebook
 
 pytestmark = pytest.mark.browser
 
 FAKE_MIC_WAV = DATA_DIR / "piper_01.wav"
 TAKE_S = 3.0
 SETUP = """\
-import time
+import threading, time
 from speech2image_nb.recorder import Recorder, WebRTCRecorder
 rec = Recorder(chunk_ms=100)
 arrivals, stops, errors = [], [], []
-rec.on_audio(lambda b: arrivals.append((time.time(), len(b))))
+rec.on_audio(lambda b: arrivals.append((time.time(), len(b), threading.current_thread().name)))
 rec.on_stop(lambda: stops.append(time.time()))
 rec.on_error(lambda e: errors.append((type(e).__name__, str(e))))
 rec"""
+
+BUSY_CELL = """\
+arrivals.clear()
+rec.recording = True
+time.sleep(2.5)
+during = [a for a in arrivals] or [(0, 0, "none")]"""
 
 
 def kernel_pcm(kernel: KernelClient) -> np.ndarray:
@@ -54,11 +60,12 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
     """Click record: chunks stream during the take and match the mic; kernel start/stop works too."""
     stack = jupyter_server.stack
     name = f"record_{stack}.ipynb"
-    write_notebook(jupyter_server.root_dir, name, [SETUP])
+    write_notebook(jupyter_server.root_dir, name, [SETUP, BUSY_CELL])
     browser = launch_chromium(playwright_instance, fake_audio=FAKE_MIC_WAV)
     try:
         page = browser.new_page(viewport={"width": 1000, "height": 700})
-        open_notebook(page, jupyter_server, name)
+        open_notebook(page, jupyter_server, name, run_all=False)
+        run_cell(page, 0)
         widget = page.locator(".s2i-recorder")
         button = page.locator(".s2i-recorder-button")
         button.wait_for(timeout=30_000 * TIME_FACTOR)
@@ -79,16 +86,20 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
             kernel.wait_until("len(stops) == 1", timeout_s=5 * TIME_FACTOR)
             arrivals = kernel.json("arrivals")
             assert kernel.json("errors") == []
-            on_time = sum(1 for t, _ in arrivals if t < stop_clicked)
+            on_time = sum(1 for t, *_ in arrivals if t < stop_clicked)
             assert len(arrivals) >= 25, f"{len(arrivals)} chunks for a {TAKE_S} s take"
             assert on_time / len(arrivals) >= 0.8, f"{on_time}/{len(arrivals)} chunks before the stop"
             corr = assert_matches_fake_mic(kernel_pcm(kernel), min_s=TAKE_S - 0.3)
             print(f"{stack}: {len(arrivals)} chunks, {on_time} before stop, envelope corr {corr:.3f}")
 
             # --- a take started and stopped from the kernel -----------------------------------
-            kernel.execute("rec.recording = True")
-            kernel.wait_until("rec.status == 'recording'", timeout_s=5 * TIME_FACTOR)
-            time.sleep(2.0)
+            # Started inside a cell that keeps running: on ipykernel 7 the chunks arrive during the
+            # cell (on the page's subshell thread); on ipykernel 6 they wait until it ends.
+            run_cell(page, 1)
+            during = kernel.wait_until("'during' in dir() and during", timeout_s=10 * TIME_FACTOR)
+            if kernel.json("int(__import__('ipykernel').__version__.split('.')[0])") >= 7:
+                assert len(during) >= 15, f"only {len(during)} chunks during a running cell"
+                assert "MainThread" not in {thread for *_, thread in during}
             kernel.execute("arrivals.clear(); t_stop = time.time(); rec.recording = False")
             kernel.wait_until("len(stops) == 2", timeout_s=5 * TIME_FACTOR)
             stop_delay_s = kernel.json("stops[-1] - t_stop")
@@ -98,7 +109,10 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
             assert last_chunk_s <= stop_delay_s
             assert kernel.json("rec.recording") is False
             corr2 = assert_matches_fake_mic(kernel_pcm(kernel), min_s=1.5)
-            print(f"{stack}: kernel stop -> on_stop {stop_delay_s * 1000:.0f} ms, corr {corr2:.3f}")
+            print(
+                f"{stack}: {len(during)} chunks during a running cell on {sorted({t[2] for t in during})}, "
+                f"kernel stop -> on_stop {stop_delay_s * 1000:.0f} ms, corr {corr2:.3f}"
+            )
     finally:
         browser.close()
 
