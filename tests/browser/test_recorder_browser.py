@@ -109,6 +109,12 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
             assert last_chunk_s <= stop_delay_s
             assert kernel.json("rec.recording") is False
             corr2 = assert_matches_fake_mic(kernel_pcm(kernel), min_s=1.5)
+
+            # --- max_seconds stops a take on its own ---------------------------------------------
+            kernel.execute("rec.max_seconds = 1.0; rec.recording = True")
+            kernel.wait_until("len(stops) == 3", timeout_s=5 * TIME_FACTOR)
+            assert kernel.json("rec.recording") is False
+            assert 0.8 <= kernel.json("rec.elapsed_s") <= 1.5
             print(
                 f"{stack}: {len(during)} chunks during a running cell on {sorted({t[2] for t in during})}, "
                 f"kernel stop -> on_stop {stop_delay_s * 1000:.0f} ms, corr {corr2:.3f}"

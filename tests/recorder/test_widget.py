@@ -225,3 +225,23 @@ def test_front_end_messages_are_not_pinned_to_the_kernels_sending_subshell(relay
     rec.recording = True
     assert "_reply_subshell_id" not in vars(rec.comm)
     assert relay.updates(rec)[-1] == {"recording": True}
+
+
+def test_colab_custom_widget_manager_is_enabled_at_construction(relay: CommRelay, monkeypatch):
+    """In Colab (google.colab.output present) building a Recorder enables the custom widget manager."""
+    import sys
+    import types
+
+    from anywidget import _util
+
+    calls: list[str] = []
+    fake = types.ModuleType("google.colab.output")
+    fake.enable_custom_widget_manager = lambda: calls.append("enabled")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "google.colab.output", fake)
+    _util.enable_custom_widget_manager_once.cache_clear()
+    try:
+        Recorder()
+        Recorder()
+    finally:
+        _util.enable_custom_widget_manager_once.cache_clear()
+    assert calls == ["enabled"]
