@@ -86,8 +86,8 @@ ERROR_MESSAGES: dict[str, str] = {
         "No microphone could be opened: plug one in (or close the program using it), then press record again."
     ),
     "audio-context": (
-        "The browser could not start audio processing: click the record button in the widget, "
-        "or reload the page."
+        "The browser could not start audio processing: reload the page and press record again, "
+        "or use an up-to-date Chrome, Edge or Firefox."
     ),
     "frontend-not-loaded": (
         "The recorder's JavaScript did not answer: reload the page (usual right after %pip install)."

@@ -39,7 +39,23 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
 Fixtures (``tests/browser/conftest.py``): ``playwright_instance`` (session), ``lab_server`` and
 ``notebook_server`` (module scope: one server per stack per test module), ``jupyter_server``
 (indirect-parametrized by ``"lab"``/``"notebook"``), ``browser_tmp`` (a temp dir), and
-``artifacts_dir`` (from ``tests/conftest.py``) for screenshots.
+``artifacts_dir`` (from ``tests/conftest.py``) for screenshots. Tests elsewhere import these
+fixtures into their conftest (see ``tests/browser/conftest.py``).
+
+Typical use::
+
+    @pytest.mark.browser
+    @pytest.mark.parametrize("jupyter_server", ["lab", "notebook"], indirect=True)
+    def test_panel(jupyter_server, playwright_instance, artifacts_dir):
+        write_notebook(jupyter_server.root_dir, "p.ipynb", ["import speech2image_nb as s", "s.app()"])
+        browser = launch_chromium(playwright_instance, fake_audio=DATA_DIR / "piper_01.wav")
+        try:
+            page = browser.new_page()
+            open_notebook(page, jupyter_server, "p.ipynb")
+            with KernelClient(jupyter_server, jupyter_server.kernel_id("p.ipynb")) as kernel:
+                kernel.wait_until("'s' in dir()")
+        finally:
+            browser.close()
 
 Every wait is bounded; servers, browsers and temp dirs are always cleaned up.
 """

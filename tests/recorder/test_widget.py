@@ -245,3 +245,20 @@ def test_colab_custom_widget_manager_is_enabled_at_construction(relay: CommRelay
     finally:
         _util.enable_custom_widget_manager_once.cache_clear()
     assert calls == ["enabled"]
+
+
+def test_front_end_shows_the_same_sentences_as_the_kernel():
+    """recorder.js carries the same error sentence for each code as ERROR_MESSAGES."""
+    import re
+    from pathlib import Path
+
+    import speech2image_nb.recorder.widget as widget_module
+
+    js = (Path(widget_module.__file__).parent / "recorder.js").read_text()
+    block = js[js.index("const MESSAGES = {") : js.index("};", js.index("const MESSAGES = {"))]
+    for code, message in ERROR_MESSAGES.items():
+        if code == "frontend-not-loaded":  # the kernel's own finding: no view exists to show it
+            continue
+        entry = re.search(rf'"{code}":((?:\s*"[^"]*"\s*\+?)+),', block)
+        assert entry, code
+        assert "".join(re.findall(r'"([^"]*)"', entry.group(1))) == message
