@@ -16,8 +16,8 @@ const MESSAGES = {
     "No microphone could be opened: plug one in (or close the program using it), then press " +
     "record again.",
   "audio-context":
-    "The browser could not start audio processing: click the record button in the widget, " +
-    "or reload the page.",
+    "The browser could not start audio processing: reload the page and press record again, " +
+    "or use an up-to-date Chrome, Edge or Firefox.",
 };
 
 const FLUSH_TIMEOUT_MS = 500; // wait this long for the worklet's last partial chunk

@@ -25,6 +25,7 @@ logged with its traceback and the next message is handled as usual.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -85,8 +86,8 @@ ERROR_MESSAGES: dict[str, str] = {
         "No microphone could be opened: plug one in (or close the program using it), then press record again."
     ),
     "audio-context": (
-        "The browser could not start audio processing: click the record button in the widget, "
-        "or reload the page."
+        "The browser could not start audio processing: reload the page and press record again, "
+        "or use an up-to-date Chrome, Edge or Firefox."
     ),
     "frontend-not-loaded": (
         "The recorder's JavaScript did not answer: reload the page (usual right after %pip install)."
@@ -101,6 +102,23 @@ def recorder_error(code: str, message: str = "", *, detail: str = "") -> Recorde
     cls = _ERROR_CLASSES.get(code, RecorderError)
     text = message or ERROR_MESSAGES.get(code, "The recorder failed in the browser.")
     return cls(text, detail=detail)
+
+
+def _let_front_end_choose_subshell(comm: Any) -> None:
+    """Undo ipykernel 7's "route replies to the sender's subshell" for this comm.
+
+    ipykernel 7.4 remembers which subshell last *sent* on a comm and routes every later incoming
+    message of that comm there (``BaseComm._reply_subshell_id``), meant for request/reply pairs.
+    After ``recorder.recording = True`` in a cell that keeps running, the chunks would then queue
+    behind that cell on the main shell instead of arriving on the page's own subshell thread
+    (measured: 0 chunks during a 2.5 s cell, 20+ with this). Our front-end messages are not
+    replies, so they go where the front end addressed them.
+    """
+    if comm is None or "_reply_subshell_id" not in vars(comm):
+        return
+    lock = getattr(comm, "_reply_subshell_lock", None)
+    with lock if lock is not None else contextlib.nullcontext():
+        vars(comm).pop("_reply_subshell_id", None)
 
 
 class Recorder(anywidget.AnyWidget):
@@ -244,6 +262,11 @@ class Recorder(anywidget.AnyWidget):
         logger.warning("recorder front end did not answer within %.1f s", self.frontend_timeout_s)
         self._report_error(recorder_error("frontend-not-loaded"))
 
+    def _send(self, msg: Any, buffers: Any = None) -> None:
+        # Every kernel -> front-end message of this widget (state updates, custom) passes here.
+        super()._send(msg, buffers=buffers)
+        _let_front_end_choose_subshell(self.comm)
+
     def _send_custom(self, content: dict[str, Any]) -> None:
         if self.comm is not None:
             self.send(content)
@@ -338,7 +361,8 @@ class Recorder(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Close the widget (its views stop the microphone) and cancel the front-end timer."""
-        timer, self._frontend_timer = self._frontend_timer, None
+        timer = getattr(self, "_frontend_timer", None)  # absent if __init__ failed validation
+        self._frontend_timer = None
         if timer is not None:
             timer.cancel()
         super().close()

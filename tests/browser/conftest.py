@@ -1,7 +1,12 @@
 """Browser fixtures: one Jupyter server per stack per test module, one Playwright per session.
 
-Other test packages can use them with ``pytest_plugins = ["tests.browser.conftest"]`` in their
-own top-level conftest, or by importing the fixtures from here.
+Browser tests of other parts (the panel) can live in this folder and get them for free, or
+import them into their own conftest::
+
+    from tests.browser.conftest import browser_tmp, jupyter_server, lab_server, notebook_server  # noqa: F401
+    from tests.browser.conftest import playwright_instance  # noqa: F401
+
+(``pytest_plugins`` is only honoured in the top-level conftest.)
 """
 
 from __future__ import annotations

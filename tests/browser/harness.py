@@ -11,7 +11,9 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
     launches it on a free port with an empty token, temp HOME / JUPYTER_CONFIG_DIR /
     JUPYTER_RUNTIME_DIR, ``PYTHONPATH`` = repo root (the kernel imports this checkout), and waits
     for ``/api/status``; ``stop()`` ends it. Attributes: ``url`` (``http://127.0.0.1:PORT``),
-    ``port``, ``root_dir``, ``notebook_url(name, host=...)``, ``kernel_id(name)``, ``log()``.
+    ``port``, ``root_dir``, ``notebook_url(name, host=...)``, ``kernel_id(name)``, ``log()``;
+    ``with server.disabled_extensions("anywidget"):`` pages opened inside load without those
+    front-end extensions (the state right after ``%pip install`` without a page reload).
     Non-local host names are allowed (``allow_remote_access``) so an insecure-context test can
     reach it as ``http://jupyter.test:PORT`` (see ``HOST_RULES``).
 ``write_notebook(root_dir, name, cells)``
@@ -24,8 +26,9 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
 ``launch_chromium(playwright, **chromium_args_kwargs)`` -> Playwright ``Browser``.
 ``open_notebook(page, server, name, *, host="127.0.0.1", run_all=True, timeout_s=60)``
     Navigates, waits until the kernel is connected and idle, runs all cells
-    (``notebook:run-all-cells``). Works for Lab 4 and Notebook 7.
-``wait_kernel_idle(page, timeout_s=)`` -- the page's kernel is idle again.
+    (``notebook:run-all-cells``) or none. Works for Lab 4 and Notebook 7.
+``run_cell(page, index)`` -- run one cell on the page's own session (Shift+Enter).
+``wait_kernel_idle(page, *, name='', timeout_s=)`` -- the page's (current) notebook kernel is idle.
 ``KernelClient(server, kernel_id)``
     A second client on the same kernel over ``/api/kernels/<id>/channels``.
     ``execute(code, timeout_s=30) -> str`` returns stdout and raises ``KernelExecuteError`` with
@@ -36,7 +39,23 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
 Fixtures (``tests/browser/conftest.py``): ``playwright_instance`` (session), ``lab_server`` and
 ``notebook_server`` (module scope: one server per stack per test module), ``jupyter_server``
 (indirect-parametrized by ``"lab"``/``"notebook"``), ``browser_tmp`` (a temp dir), and
-``artifacts_dir`` (from ``tests/conftest.py``) for screenshots.
+``artifacts_dir`` (from ``tests/conftest.py``) for screenshots. Tests elsewhere import these
+fixtures into their conftest (see ``tests/browser/conftest.py``).
+
+Typical use::
+
+    @pytest.mark.browser
+    @pytest.mark.parametrize("jupyter_server", ["lab", "notebook"], indirect=True)
+    def test_panel(jupyter_server, playwright_instance, artifacts_dir):
+        write_notebook(jupyter_server.root_dir, "p.ipynb", ["import speech2image_nb as s", "s.app()"])
+        browser = launch_chromium(playwright_instance, fake_audio=DATA_DIR / "piper_01.wav")
+        try:
+            page = browser.new_page()
+            open_notebook(page, jupyter_server, "p.ipynb")
+            with KernelClient(jupyter_server, jupyter_server.kernel_id("p.ipynb")) as kernel:
+                kernel.wait_until("'s' in dir()")
+        finally:
+            browser.close()
 
 Every wait is bounded; servers, browsers and temp dirs are always cleaned up.
 """
@@ -56,7 +75,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +96,7 @@ __all__ = [
     "free_port",
     "launch_chromium",
     "open_notebook",
+    "run_cell",
     "wait_kernel_idle",
     "write_notebook",
 ]
@@ -114,7 +134,9 @@ class JupyterServer:
 
     def notebook_url(self, name: str, *, host: str = "127.0.0.1") -> str:
         """The page URL of notebook ``name`` (relative to root_dir) in this stack."""
-        path = "lab/tree" if self.stack == "lab" else "notebooks"
+        # Lab: a fresh workspace per page; the default one is kept on the server and would reopen
+        # (and make current) the notebooks of earlier pages.
+        path = f"lab/workspaces/w{uuid.uuid4().hex[:12]}/tree" if self.stack == "lab" else "notebooks"
         return f"http://{host}:{self.port}/{path}/{name}"
 
     def start(self, *, timeout_s: float = 60.0) -> JupyterServer:
@@ -163,6 +185,21 @@ class JupyterServer:
                 time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"jupyter {self.stack} did not answer in {timeout_s} s:\n{self.log()}")
+
+    @contextlib.contextmanager
+    def disabled_extensions(self, *names: str) -> Iterator[None]:
+        """Pages opened inside this block load without these front-end extensions.
+
+        Reproduces "the package was installed after the page loaded" (its JavaScript is not in
+        the page) for real: ``labconfig/page_config.json`` is read at each page load.
+        """
+        config = self._home / "config" / "labconfig" / "page_config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps({"disabledExtensions": {name: True for name in names}}))
+        try:
+            yield
+        finally:
+            config.unlink(missing_ok=True)
 
     def log(self) -> str:
         """The server's output so far (for failure messages)."""
@@ -248,18 +285,19 @@ def launch_chromium(playwright: Any, **kwargs: Any) -> Any:
     )
 
 
-_KERNEL_IDLE_JS = """() => {
+_KERNEL_IDLE_JS = """(name) => {
   const app = window.jupyterapp;
   const w = app && app.shell && app.shell.currentWidget;
   const ctx = w && w.sessionContext;
-  const k = ctx && ctx.session && ctx.session.kernel;
+  if (!ctx || (name && !(w.context && w.context.path.endsWith(name)))) return false;
+  const k = ctx.session && ctx.session.kernel;
   return !!(k && k.connectionStatus === 'connected' && k.status === 'idle');
 }"""
 
 
-def wait_kernel_idle(page: Any, *, timeout_s: float = 60.0) -> None:
-    """Wait until the page's notebook kernel is connected and idle."""
-    page.wait_for_function(_KERNEL_IDLE_JS, timeout=timeout_s * 1000, polling=100)
+def wait_kernel_idle(page: Any, *, name: str = "", timeout_s: float = 60.0) -> None:
+    """Wait until the page's current notebook (``name``, if given) has a connected, idle kernel."""
+    page.wait_for_function(_KERNEL_IDLE_JS, arg=name, timeout=timeout_s * 1000, polling=100)
 
 
 def open_notebook(
@@ -273,9 +311,25 @@ def open_notebook(
 ) -> None:
     """Open notebook ``name`` in ``page``, wait for an idle kernel, and (by default) run all cells."""
     page.goto(server.notebook_url(name, host=host), timeout=timeout_s * 1000)
-    wait_kernel_idle(page, timeout_s=timeout_s)
+    wait_kernel_idle(page, name=name, timeout_s=timeout_s)
     if run_all:
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def run_cell(page: Any, index: int) -> None:
+    """Run cell ``index`` of the page's current notebook, as if the person pressed Shift+Enter.
+
+    Unlike code sent by :class:`KernelClient`, this runs on the page's own session, so the
+    page's widget messages keep flowing over its kernel subshell while the cell runs.
+    """
+    page.evaluate(
+        """(index) => {
+          const notebook = window.jupyterapp.shell.currentWidget.content;
+          notebook.activeCellIndex = index;
+          return window.jupyterapp.commands.execute('notebook:run-cell');
+        }""",
+        index,
+    )
 
 
 class KernelExecuteError(RuntimeError):
