@@ -154,6 +154,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
         self._startup_error = ""
         self.recorder, self._streaming = self._make_recorder(recorder)
+        # what is displayed: the recorder itself, or the widget a wrapper holds (ipywebrtc)
+        is_widget = isinstance(self.recorder, widgets.Widget)
+        self._recorder_view = self.recorder if is_widget else self.recorder.widget
         self._build_widgets(hands_free=hands_free, image_count=image_count)
         super().__init__(children=self._layout_children())
         self.add_class("s2i-panel")
@@ -216,7 +219,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
         )
         top = widgets.HBox(
-            [self.recorder, self.transcript_html],
+            [self._recorder_view, self.transcript_html],
             layout=widgets.Layout(align_items="center", width="100%"),
         )
         save_row = widgets.HBox([self.folder_text, self.save_button, self.seed_label],
@@ -258,7 +261,8 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         recorder.on_audio(self._on_audio)
         recorder.on_stop(self._on_stop)
         recorder.on_error(self._on_recorder_error)
-        recorder.observe(self._on_recording_change, names="recording")
+        view = recorder if isinstance(recorder, widgets.Widget) else recorder.widget
+        view.observe(self._on_recording_change, names="recording")
 
     # --- display ---------------------------------------------------------------------------------
 
@@ -417,8 +421,6 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             self._set_status(activity="listening…")
             if self._streaming:
                 self._begin_session()
-            else:
-                self.controller.begin_recording()
         elif self._streaming:
             self._set_status(activity="")
             queue = self._audio_queue
@@ -458,7 +460,8 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             queue, self._audio_queue = self._audio_queue, None
         if queue is not None:
             queue.close()
-        self._set_status(activity="")
+        if self._streaming:
+            self._set_status(activity="")
 
     def _on_recorder_error(self, exc: BaseException) -> None:
         self.show_error(exc)
@@ -489,6 +492,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             transcriber = await loop.run_in_executor(None, self._get_transcriber)
             self._set_status(activity="transcribing…")
             text = await transcriber.transcribe(to_wav_bytes(pcm))
+            self.controller.begin_recording()  # one take = one session, after the earlier ones
             self._apply_transcript(TranscriptEvent("final", text, 0))
         except Exception as exc:
             self.show_error(exc)

@@ -66,3 +66,16 @@ def test_assemblyai_refused_key_is_one_line_and_typing_still_generates(make_pane
         assert panel.recorder.recording is False
         panel.generate("a red fox sitting in the snow")
         assert panel.wait_idle(30) and len(grid_images(panel)) == 1 and panel.error_text == ""
+
+
+def test_ipywebrtc_recorder_take_is_transcribed_after_stop(make_panel):
+    """recorder="ipywebrtc": the webm take that arrives after stop is transcribed into the prompt."""
+    panel = make_panel(settings=settings(), recorder="ipywebrtc", transcriber=None, image_service=None)
+    view = panel.recorder.widget
+    assert view in panel.children[1].children  # the ipywebrtc widget is what the panel shows
+    for take, name in enumerate(("piper_01.webm", "piper_01.ogg")):
+        view.recording = True
+        view.recording = False
+        view.audio.value = (DATA_DIR / name).read_bytes()  # what the browser sends after stop
+        assert wait_until(lambda: panel.controller.transcript.plain_text().count("snow") == take + 1, 30)
+    assert "sitting in the snow" in panel.prompt_text.value.lower() and panel.error_text == ""
