@@ -77,5 +77,5 @@ def test_ipywebrtc_recorder_take_is_transcribed_after_stop(make_panel):
         view.recording = True
         view.recording = False
         view.audio.value = (DATA_DIR / name).read_bytes()  # what the browser sends after stop
-        assert wait_until(lambda: panel.controller.transcript.plain_text().count("snow") == take + 1, 30)
+        assert wait_until(lambda n=take + 1: panel.controller.transcript.plain_text().count("snow") == n, 30)
     assert "sitting in the snow" in panel.prompt_text.value.lower() and panel.error_text == ""
