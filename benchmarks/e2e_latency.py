@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TAKE_S = 2.7  # the fake microphone plays tests/data/piper_01.wav (speech ends 2.1 s in)
+TAKE_S = 2.4  # speech ends 2.1 s into the 2.5 s clip; the fake microphone then loops it (from 2.85 s)
 TARGET_S = 1.5
 
 OBSERVER_JS = """() => {

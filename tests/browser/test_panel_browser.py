@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 
 NOTEBOOK = DATA_DIR.parents[1] / "notebooks" / "speech2image.ipynb"
 FAKE_MIC_WAV = DATA_DIR / "piper_01.wav"
-TAKE_S = 2.7  # speech ends 2.1 s into the 2.5 s clip; the fake microphone then loops it
+TAKE_S = 2.4  # speech ends 2.1 s into the 2.5 s clip; the fake microphone then loops it (from 2.85 s)
 IMAGE_COUNT = 3
 MS = 1000 * TIME_FACTOR
 
