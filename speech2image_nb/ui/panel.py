@@ -94,7 +94,7 @@ def app(
     if display:
         from IPython.display import display as ipy_display
 
-        ipy_display(panel)
+        ipy_display(panel)  # type: ignore[no-untyped-call]
         panel._suppress_repr_once()
     return panel
 
@@ -295,7 +295,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         else:
             from IPython.display import display
 
-            display(super()._repr_mimebundle_(), raw=True)
+            display(super()._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
 
     # --- status and errors ---------------------------------------------------------------------
 
@@ -728,7 +728,7 @@ def _seed_markup(seed: int | None) -> str:
 def _hotkeys_class() -> Any:
     import anywidget
 
-    class Hotkeys(anywidget.AnyWidget):  # type: ignore[misc]
+    class Hotkeys(anywidget.AnyWidget):
         """Invisible: listens for Space on the enclosing panel and tells the kernel."""
 
         _esm = resources.files(__package__).joinpath("hotkeys.js").read_text(encoding="utf-8")
