@@ -160,9 +160,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._build_widgets(hands_free=hands_free, image_count=image_count)
         super().__init__(children=self._layout_children())
         self.add_class("s2i-panel")
+        self._started = False
         if start:
-            self._bg_pool.submit(self._warm_up_images)
-            self._bg_pool.submit(self._warm_up_speech)
+            self.start()
+
+    def start(self) -> None:
+        """Connect to (or start) the image server and load the speech engine, in the background.
+
+        Called by the constructor unless ``start=False``; later calls do nothing.
+        """
+        if self._started:
+            return
+        self._started = True
+        self._bg_pool.submit(self._warm_up_images)
+        self._bg_pool.submit(self._warm_up_speech)
 
     # --- widgets --------------------------------------------------------------------------------
 

@@ -236,3 +236,18 @@ def test_connect_before_app_makes_the_panel_use_that_server(make_panel):
     finally:
         client_module._default_client = None
         server.stop()
+
+
+def test_status_line_shows_embedded_server_loading_progress():
+    """While the embedded server loads its engine, the status line shows the progress."""
+    panel = Panel(settings=real_settings(), recorder=FakeRecorder(), transcriber=ScriptedTranscriber(),
+                  start=False)
+    seen = []
+    panel.status_html.observe(lambda c: seen.append(c["new"]), names="value")
+    try:
+        panel.start()
+        assert panel.wait_ready(30)
+        assert any("embedded noise loading" in v and "%" in v for v in seen), seen
+        assert "Speech: scripted" in panel.status_html.value
+    finally:
+        panel.close()
