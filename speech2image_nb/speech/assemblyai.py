@@ -32,11 +32,34 @@ if TYPE_CHECKING:
     from ..audio import AudioSource
     from ..config import Settings
 
-__all__ = ["AssemblyAITranscriber", "create_temporary_token"]
+__all__ = ["AssemblyAITranscriber", "RedactingLogger", "create_temporary_token"]
 
 _LOG = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # how often the reader checks the shutdown deadline while waiting for a message
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for ``websockets`` that masks credentials in its DEBUG handshake lines.
+
+    ``websockets`` logs every request header at DEBUG, ``Authorization`` included, and the request
+    line with its query (where a temporary token travels): both are masked here.
+    """
+
+    def __init__(self, logger: logging.Logger, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(logger, {})
+        self._secrets = tuple(s for s in secrets if s)
+
+    def _mask(self, value: object) -> object:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, "**********")
+        return value
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if len(args) == 2 and isinstance(args[0], str) and args[0].lower() == "authorization":
+            args = (args[0], "**********")
+        super().log(level, self._mask(msg), *(self._mask(a) for a in args), **kwargs)
 
 
 def _mask_url(url: str) -> str:
@@ -158,6 +181,10 @@ class AssemblyAITranscriber:
                 return await connect(
                     url,
                     additional_headers=headers,
+                    logger=RedactingLogger(
+                        logging.getLogger("websockets.client"),
+                        (*headers.values(), *([self._token] if self._token else [])),
+                    ),
                     open_timeout=self.open_timeout_s,
                     close_timeout=self.close_timeout_s,
                     max_size=2**20,
@@ -307,10 +334,11 @@ class AssemblyAITranscriber:
                     self._log.debug("ignoring AssemblyAI message of type %s", message.type)
         finally:
             self._active = None
-            if producer is not None and not producer.done():
-                producer.cancel()
+            if producer is not None:
+                if not producer.done():
+                    producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await producer
+                    await producer  # also collects a failure already reported via the close code
             await ws.close()
 
     async def transcribe(self, audio: AudioSource | bytes) -> str:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -62,6 +63,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from speech2image_nb.speech.assemblyai import RedactingLogger
 
 __all__ = ["FakeAssemblyAI", "SessionRecord", "fake_assemblyai", "whisper_model_dir"]
 
@@ -416,6 +419,7 @@ class FakeAssemblyAI:
         self._requested_port = port
         self._active = 0
         self._model: Any = None
+        self._decoded: dict[tuple[str, int], str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -448,6 +452,9 @@ class FakeAssemblyAI:
         audio = np.frombuffer(bytes(pcm), dtype="<i2").astype(np.float32) / 32768.0
         if audio.size < 0.1 * 16_000:
             return ""
+        key = (hashlib.sha1(bytes(pcm)).hexdigest(), beam_size)  # same audio, same text: decode once
+        if key in self._decoded:
+            return self._decoded[key]
 
         def run() -> str:
             segments, _ = self._load().transcribe(
@@ -459,7 +466,9 @@ class FakeAssemblyAI:
             )
             return " ".join(s.text.strip() for s in segments).strip()
 
-        return await asyncio.to_thread(run)
+        text = await asyncio.to_thread(run)
+        self._decoded[key] = text
+        return text
 
     # --- HTTP side: path check, HTTP auth mode, token endpoint ----------------------------------
 
@@ -567,6 +576,7 @@ class FakeAssemblyAI:
             self._requested_port,
             process_request=self._process_request,
             max_size=2**22,
+            logger=RedactingLogger(logging.getLogger("websockets.server")),  # masks Authorization
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             ready.set()
