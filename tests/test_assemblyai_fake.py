@@ -205,13 +205,16 @@ def test_closing_right_after_terminate_loses_the_last_sentence(fake):
 
 def test_force_endpoint_finalizes_the_open_turn(fake):
     """force_endpoint_on_stop sends ForceEndpoint before Terminate; the fake finals the turn on it."""
-    client = AssemblyAITranscriber(settings=settings_for(fake), force_endpoint_on_stop=True)
+    client = AssemblyAITranscriber(
+        settings=settings_for(fake), force_endpoint_on_stop=True, terminate_timeout_s=15 * TIME_FACTOR
+    )
     run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", seconds=1.3)))
     assert run.text()
     assert fake.sessions[-1].received[-2:] == ["ForceEndpoint", "Terminate"]
 
 
 def _expect(fake: FakeAssemblyAI, error: type[Exception], *, key: str = KEY, seconds: float = 1.0, **options) -> Exception:
+    options.setdefault("terminate_timeout_s", 15 * TIME_FACTOR)
     client = AssemblyAITranscriber(settings=settings_for(fake, key), **options)
     with pytest.raises(error) as info:
         asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", seconds=seconds)))
@@ -232,9 +235,10 @@ def test_http_401_on_handshake_is_an_auth_error():
     assert "HTTP 401" in str(error)
 
 
-def test_audio_faster_than_real_time_closes_3007(fake):
+def test_audio_faster_than_real_time_closes_3007():
     """Without pacing the fake closes 3007 and the client raises AudioRateError with the server's words."""
-    error = _expect(fake, AudioRateError, seconds=2.5, pace=False)
+    with FakeAssemblyAI(api_key=KEY, rate_slack_s=0.3) as server:
+        error = _expect(server, AudioRateError, seconds=2.5, pace=False)
     assert "Audio Transmission Rate Exceeded" in str(error) and error.code == 3007
 
 
@@ -273,7 +277,7 @@ def test_error_frame_then_close_raises_with_the_server_message():
 
 def test_dropped_connection_mid_turn_is_an_error_not_a_silent_end():
     """A TCP drop without a close frame raises TranscriptionError (connection lost)."""
-    with FakeAssemblyAI(api_key=KEY, fault="drop_mid_turn", partial_every_s=0.3) as server:
+    with FakeAssemblyAI(api_key=KEY, fault="drop_mid_turn") as server:
         error = _expect(server, TranscriptionError, seconds=2.0)
     assert "lost" in str(error)
 
@@ -281,7 +285,8 @@ def test_dropped_connection_mid_turn_is_an_error_not_a_silent_end():
 def test_unknown_message_types_are_ignored():
     """Heartbeat, Warning, SpeechStarted and made-up types do not disturb the transcript."""
     with FakeAssemblyAI(api_key=KEY, fault="unknown_messages") as server:
-        run = asyncio.run(stream_pcm(AssemblyAITranscriber(settings=settings_for(server)), load_pcm("piper_01.wav", 1.3)))
+        client = AssemblyAITranscriber(settings=settings_for(server), terminate_timeout_s=15 * TIME_FACTOR)
+        run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", 1.3)))
         assert any(m["type"] == "SomethingNew" for m in server.sessions[-1].sent)
     assert run.text()
 
@@ -314,7 +319,7 @@ def test_temporary_token_is_minted_and_opens_one_session(fake):
     """GET /v3/token gives a token that works once in the URL; the key is not sent on that session."""
     token = create_temporary_token(settings=settings_for(fake), expires_in_s=60)
     no_key = Settings.resolve(environ={}, colab_secret=lambda n: None, assemblyai_streaming_url=fake.url)
-    client = AssemblyAITranscriber(settings=no_key, token=token)
+    client = AssemblyAITranscriber(settings=no_key, token=token, terminate_timeout_s=15 * TIME_FACTOR)
     run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", 1.3)))
     assert run.text() and fake.sessions[-1].authorization is None
     with pytest.raises(AuthError):

@@ -296,7 +296,14 @@ class AssemblyAITranscriber:
                 try:
                     raw = await asyncio.wait_for(ws.recv(), wait_s)
                 except asyncio.TimeoutError:
-                    continue
+                    # Nothing queued. A close frame may be in while the closing handshake is still
+                    # pending (recv() raises only when it completes): act on it now.
+                    rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)
+                    if rcvd is None:
+                        continue
+                    if rcvd.code == 1000:
+                        return
+                    raise proto.error_for_close(rcvd.code, rcvd.reason) from None
                 except ConnectionClosed as exc:
                     frame = exc.rcvd
                     if frame is not None and frame.code == 1000:
