@@ -7,6 +7,7 @@ time, so the clips are short and sessions run a few at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -135,12 +136,14 @@ def test_piper_fixtures_transcribe_through_our_client(fake, speech_fixtures, cap
     with FakeAssemblyAI(api_key=KEY, partial_every_s=60) as quiet:  # finals only: partials are tested below
         client = AssemblyAITranscriber(settings=settings_for(quiet), terminate_timeout_s=15 * TIME_FACTOR)
         runs = asyncio.run(in_batches([stream_pcm(client, load_pcm(f.path.name)) for f in piper], 5))
-    pairs = [(f.text, run.text()) for f, run in zip(piper, runs)]
+    pairs = [(f.text, run.text()) for f, run in zip(piper, runs, strict=True)]
     scores = [wer(ref, hyp) for ref, hyp in pairs]
     with capsys.disabled():
-        print(f"\nfake AssemblyAI (Whisper tiny.en) piper WER: corpus {corpus_wer(pairs):.3f}, "
-              f"per fixture {[round(s, 2) for s in scores]}")
-    for (ref, hyp), score in zip(pairs, scores):
+        print(
+            f"\nfake AssemblyAI (Whisper tiny.en) piper WER: corpus {corpus_wer(pairs):.3f}, "
+            f"per fixture {[round(s, 2) for s in scores]}"
+        )
+    for (ref, hyp), score in zip(pairs, scores, strict=True):
         assert hyp, f"no transcript for {ref!r}"
         assert score <= 0.45, (ref, hyp)
     # tiny.en mishears a few piper words ("a white house" for "a lighthouse"): 15 % per fixture is out
@@ -158,7 +161,10 @@ def test_partials_arrive_while_speaking_and_turns_split_at_pauses(fake):
     assert partial_times and min(partial_times) < run.audio_ended_at
     finals = [e for _, e in run.events if e.kind == "final"]
     assert [(e.turn, e.is_formatted) for e in finals] == [(0, False), (0, True), (1, False), (1, True)]
-    assert wer("an astronaut riding a horse on the moon a green dragon reading a book in a library", run.text()) <= 0.3
+    assert (
+        wer("an astronaut riding a horse on the moon a green dragon reading a book in a library", run.text())
+        <= 0.3
+    )
     session = fake.sessions[-1]
     assert set(session.frame_ms[:-1]) == {100.0} and 50 <= session.frame_ms[-1] <= 100
     assert session.received[-1] == "Terminate" and session.close_code == 1000
@@ -173,8 +179,10 @@ def test_last_sentence_survives_delayed_final_20_of_20(fake):
     sessions = fake.sessions[before:]
     assert len(sessions) == 20
     survived = 0
-    for run, session in zip(runs, sessions):
-        sent_after = [m for m in session.sent if m["type"] == "Turn" and m["end_of_turn"] and m["turn_is_formatted"]]
+    for run, session in zip(runs, sessions, strict=True):
+        sent_after = [
+            m for m in session.sent if m["type"] == "Turn" and m["end_of_turn"] and m["turn_is_formatted"]
+        ]
         assert sent_after, "the fake sent no final"
         survived += run.text() == sent_after[-1]["transcript"] and bool(run.text())
     assert survived == 20
@@ -186,16 +194,16 @@ def test_closing_right_after_terminate_loses_the_last_sentence(fake):
 
     async def naive() -> list[dict]:
         got = []
-        async with connect(fake.url + "?sample_rate=16000&format_turns=true", additional_headers={"Authorization": KEY}) as ws:
+        async with connect(
+            fake.url + "?sample_rate=16000&format_turns=true", additional_headers={"Authorization": KEY}
+        ) as ws:
             got.append(json.loads(await ws.recv()))
             for chunk in chunk_pcm(load_pcm("piper_01.wav", seconds=1.0), 100):
                 await ws.send(chunk)
                 await asyncio.sleep(0.1)
             await ws.send('{"type": "Terminate"}')
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 got.append(json.loads(await asyncio.wait_for(ws.recv(), 0.2)))
-            except asyncio.TimeoutError:
-                pass
         return got
 
     got = asyncio.run(naive())
@@ -213,7 +221,9 @@ def test_force_endpoint_finalizes_the_open_turn(fake):
     assert fake.sessions[-1].received[-2:] == ["ForceEndpoint", "Terminate"]
 
 
-def _expect(fake: FakeAssemblyAI, error: type[Exception], *, key: str = KEY, seconds: float = 1.0, **options) -> Exception:
+def _expect(
+    fake: FakeAssemblyAI, error: type[Exception], *, key: str = KEY, seconds: float = 1.0, **options
+) -> Exception:
     options.setdefault("terminate_timeout_s", 15 * TIME_FACTOR)
     client = AssemblyAITranscriber(settings=settings_for(fake, key), **options)
     with pytest.raises(error) as info:
@@ -297,7 +307,9 @@ def test_unreachable_service_is_retried_twice_then_service_unreachable():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     settings = Settings.resolve(
-        environ={}, colab_secret=lambda n: None, assemblyai_api_key=KEY,
+        environ={},
+        colab_secret=lambda n: None,
+        assemblyai_api_key=KEY,
         assemblyai_streaming_url=f"ws://127.0.0.1:{port}/v3/ws",
     )
     attempts = []

@@ -37,10 +37,22 @@ def random_whisper_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("random-whisper")
     torch.manual_seed(0)
     config = WhisperConfig(
-        vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_source_positions=1500, max_target_positions=448, decoder_start_token_id=50257,
-        bos_token_id=50257, eos_token_id=50256, pad_token_id=50256, suppress_tokens=[],
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50257,
+        bos_token_id=50257,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        suppress_tokens=[],
         begin_suppress_tokens=[220, 50256],
     )
     model = WhisperForConditionalGeneration(config)
@@ -99,9 +111,11 @@ def test_missing_models_name_the_model_and_the_fix(tmp_path, monkeypatch):
     """Offline with an empty cache, or a directory without model.bin: ModelNotAvailable says what to do."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotAvailable) as info:
-        WhisperTranscriber(settings=Settings.resolve(**NO_ENV), model="base.en", download_root=str(tmp_path)).load()
+        WhisperTranscriber(
+            settings=Settings.resolve(**NO_ENV), model="base.en", download_root=str(tmp_path)
+        ).load()
     assert "base.en" in str(info.value) and "S2I_WHISPER_MODEL" in str(info.value)
-    with pytest.raises(ModelNotAvailable, match="model.bin"):
+    with pytest.raises(ModelNotAvailable, match=r"model\.bin"):
         WhisperTranscriber(settings=Settings.resolve(**NO_ENV), model=str(tmp_path)).load()
     with pytest.raises(ModelNotAvailable, match="Unknown Whisper model"):
         WhisperTranscriber(settings=Settings.resolve(**NO_ENV), model="gigantic.en").load()

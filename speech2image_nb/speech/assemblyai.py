@@ -77,8 +77,10 @@ class AssemblyAITranscriber:
     token
         A temporary token (see :func:`create_temporary_token`) to use instead of the API key;
         it is sent in the URL, as the service documents.
-    speech_model, format_turns, end_of_turn_confidence_threshold, min_turn_silence_ms, max_turn_silence_ms, keyterms
-        Session options (see :class:`~.assemblyai_protocol.StreamingParams`).
+    speech_model, format_turns, keyterms
+        Session options (model name, punctuated copies of finished turns, words to favour).
+    end_of_turn_confidence_threshold, min_turn_silence_ms, max_turn_silence_ms
+        Turn detection knobs (see :class:`~.assemblyai_protocol.StreamingParams`).
     frame_ms
         Audio frame length sent per WebSocket message (50-200 ms).
     pace
@@ -148,7 +150,9 @@ class AssemblyAITranscriber:
     # --- connection -----------------------------------------------------------------------------
 
     def _url(self) -> str:
-        return proto.build_streaming_url(self.settings.assemblyai_streaming_url, self.params, token=self._token)
+        return proto.build_streaming_url(
+            self.settings.assemblyai_streaming_url, self.params, token=self._token
+        )
 
     def _headers(self) -> dict[str, str]:
         if self._token is not None:
@@ -165,9 +169,9 @@ class AssemblyAITranscriber:
         """Open the WebSocket, retrying failed handshakes; a refused key is an AuthError at once."""
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-        connect = self._connect
-        if connect is None:
-            from websockets.asyncio.client import connect
+        from websockets.asyncio.client import connect as default_connect
+
+        connect: Callable[..., Any] = self._connect or default_connect
 
         url, headers = self._url(), self._headers()
         shown = _mask_url(url)
@@ -429,7 +433,8 @@ def create_temporary_token(
     if response.status_code != 200 or not isinstance(token, str):
         reason = body.get("error", "") if isinstance(body, dict) else ""
         raise TranscriptionError(
-            f"AssemblyAI did not mint a token (HTTP {response.status_code}{': ' + reason if reason else ''}).",
+            f"AssemblyAI did not mint a token (HTTP {response.status_code}"
+            f"{': ' + reason if reason else ''}).",
             code=response.status_code,
             reason=str(reason),
         )

