@@ -1,0 +1,218 @@
+"""The diffusers engine: SD-Turbo by default, or any ``AutoPipelineForText2Image`` model.
+
+``stabilityai/sd-turbo`` makes a 512x512 picture in one to four steps with no classifier-free
+guidance, so it suits small GPUs (a Colab T4) where DALL-E mega does not fit or is slow. Each image
+starts from noise drawn by its own CPU ``torch.Generator`` seeded with the job's image seed, so an
+image is the same alone or in a batch, and the same starting noise is used on CPU and GPU.
+
+Note: ``import diffusers`` below is the library (absolute import), not this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import EngineError, ModelNotAvailable
+from .base import Engine, ImageJob, LoadProgress, StepProgress
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+__all__ = ["DEFAULT_MODEL_ID", "DiffusersEngine", "latents_to_preview"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "stabilityai/sd-turbo"
+#: (steps, guidance_scale) for distilled one-step models and for ordinary diffusion models
+TURBO_DEFAULTS = (1, 0.0)
+CLASSIC_DEFAULTS = (25, 7.5)
+MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
+
+#: SD 1.x/2.x latent channels -> approximate RGB (a cheap preview without the VAE)
+_LATENT_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def latents_to_preview(latents: torch.Tensor) -> list[Image.Image] | None:
+    """Small RGB previews of 4-channel SD latents ``[n, 4, h, w]`` (``None`` for other latents)."""
+    import torch
+    from PIL import Image
+
+    if latents.dim() != 4 or latents.shape[1] != len(_LATENT_RGB):
+        return None
+    factors = torch.tensor(_LATENT_RGB, dtype=torch.float32)
+    rgb = latents.detach().float().cpu().permute(0, 2, 3, 1) @ factors
+    pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
+def _is_turbo(model_id: str) -> bool:
+    name = model_id.lower()
+    return any(word in name for word in ("turbo", "schnell", "lightning", "sprint", "lcm"))
+
+
+class DiffusersEngine(Engine):
+    """Text-to-image with a diffusers pipeline.
+
+    Parameters
+    ----------
+    model_id
+        Hugging Face model id or a local folder written by ``save_pretrained``.
+    model_dir
+        local folder that overrides ``model_id`` (the server's ``--model-dir``).
+    device
+        ``"cuda"``, ``"cpu"``; ``None`` picks CUDA when available.
+    dtype
+        ``"fp16"``, ``"bf16"`` or ``"fp32"``; ``None`` means fp16 on CUDA, fp32 on CPU.
+    max_batch
+        images per pipeline call; default 8 on CUDA, 2 on CPU.
+    default_steps, default_guidance_scale
+        used when a request gives none; ``None`` picks (1, 0.0) for turbo-style models and
+        (25, 7.5) otherwise.
+    """
+
+    option_names = frozenset({"steps", "guidance_scale"})
+
+    def __init__(
+        self,
+        *,
+        model_id: str = DEFAULT_MODEL_ID,
+        model_dir: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_batch: int | None = None,
+        default_steps: int | None = None,
+        default_guidance_scale: float | None = None,
+    ) -> None:
+        import torch
+
+        self.model_id = str(model_dir) if model_dir is not None else model_id
+        self.is_local = Path(self.model_id).is_dir()
+        self.name = Path(self.model_id).name if self.is_local else self.model_id.split("/")[-1]
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        if self._device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
+        self.device = str(self._device)
+        is_cuda = self._device.type == "cuda"
+        dtype_name = dtype if dtype is not None else ("fp16" if is_cuda else "fp32")
+        if dtype_name not in _DTYPES:
+            raise ValueError(f"dtype must be one of fp32, fp16, bf16, not {dtype!r}")
+        self.dtype_name = _DTYPES[dtype_name]
+        self.max_batch = int(max_batch) if max_batch is not None else (8 if is_cuda else 2)
+        steps, guidance = TURBO_DEFAULTS if _is_turbo(self.model_id) else CLASSIC_DEFAULTS
+        self.defaults = {
+            "steps": steps if default_steps is None else int(default_steps),
+            "guidance_scale": guidance if default_guidance_scale is None else float(default_guidance_scale),
+        }
+        self.validate_options(self.defaults)
+        self.pipeline: Any = None
+
+    def load(self, progress: LoadProgress | None = None) -> None:
+        """Load (downloading into the Hugging Face cache if needed) and move the pipeline to the device."""
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        if progress is not None:
+            progress(0.0, f"loading {self.model_id}")
+        dtype = getattr(torch, self.dtype_name)
+        attempts: list[dict[str, Any]] = [{}]
+        if dtype == torch.float16 and not self.is_local:
+            attempts.insert(0, {"variant": "fp16"})  # half the download where the repo has it
+        error: Exception | None = None
+        for extra in attempts:
+            try:
+                pipeline = AutoPipelineForText2Image.from_pretrained(self.model_id, torch_dtype=dtype, **extra)
+                break
+            except (OSError, ValueError) as exc:
+                error = exc
+        else:
+            assert error is not None
+            raise ModelNotAvailable(
+                f"The diffusers model {self.model_id} could not be loaded ({error}). If you are offline "
+                "(HF_HUB_OFFLINE), download it once with a network connection, or pass a local folder."
+            ) from error
+        try:
+            pipeline = pipeline.to(self._device)
+        except RuntimeError as exc:
+            raise EngineError(f"Could not move {self.model_id} to {self.device}: {exc}") from exc
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline
+        if progress is not None:
+            progress(1.0, f"{self.name} ready on {self.device}")
+        log.info("%s loaded on %s (%s)", self.model_id, self.device, self.dtype_name)
+
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``steps`` (1-100) and ``guidance_scale`` (0-30)."""
+        super().validate_options(options)
+        steps = options.get("steps", self.defaults["steps"])
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer between 1 and {MAX_STEPS}")
+        guidance = options.get("guidance_scale", self.defaults["guidance_scale"])
+        if (
+            isinstance(guidance, bool)
+            or not isinstance(guidance, (int, float))
+            or not math.isfinite(guidance)
+            or not 0 <= guidance <= MAX_GUIDANCE
+        ):
+            raise ValueError(f"guidance_scale must be a number between 0 and {MAX_GUIDANCE}")
+        return {"steps": steps, "guidance_scale": float(guidance)}
+
+    def generate(
+        self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
+    ) -> list[Image.Image]:
+        """One image per job; ``on_progress(step, steps, previews)`` after each denoising step."""
+        import torch
+
+        if self.pipeline is None:
+            raise EngineError(f"The {self.name} engine is not loaded; call load() first.")
+        by_job: dict[int, Image.Image] = {}
+        groups: dict[tuple[int, float], list[ImageJob]] = {}
+        for job in jobs:
+            valid = self.validate_options(job.options)
+            groups.setdefault((valid["steps"], valid["guidance_scale"]), []).append(job)
+        for (steps, guidance), group in groups.items():
+            for start in range(0, len(group), self.max_batch):
+                chunk = group[start : start + self.max_batch]
+                generators = [torch.Generator("cpu").manual_seed(job.image_seed) for job in chunk]
+
+                def on_step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any],
+                            steps: int = steps) -> dict[str, Any]:
+                    if on_progress is not None:
+                        on_progress(index + 1, steps, latents_to_preview(tensors["latents"]))
+                    return tensors
+
+                try:
+                    with torch.inference_mode():
+                        result = self.pipeline(
+                            prompt=[job.prompt for job in chunk],
+                            num_inference_steps=steps,
+                            guidance_scale=guidance,
+                            generator=generators,
+                            output_type="pil",
+                            callback_on_step_end=on_step if on_progress is not None else None,
+                            callback_on_step_end_tensor_inputs=["latents"],
+                        )
+                except (RuntimeError, ValueError, MemoryError) as exc:
+                    raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
+                for job, image in zip(chunk, result.images):
+                    by_job[id(job)] = image.convert("RGB")
+        return [by_job[id(job)] for job in jobs]
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``GET /``: engine, device, max_batch, model, dtype."""
+        return {**super().describe(), "model": self.model_id, "dtype": self.dtype_name}
