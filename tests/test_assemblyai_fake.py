@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -219,6 +220,21 @@ def test_force_endpoint_finalizes_the_open_turn(fake):
     run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", seconds=1.3)))
     assert run.text()
     assert fake.sessions[-1].received[-2:] == ["ForceEndpoint", "Terminate"]
+
+
+def test_force_endpoint_mid_stream_ends_the_turn_while_audio_continues(fake):
+    """force_endpoint() from another thread mid-sentence gives a final before the audio ends."""
+    client = AssemblyAITranscriber(settings=settings_for(fake), terminate_timeout_s=15 * TIME_FACTOR)
+    timer = threading.Timer(1.6, client.force_endpoint)  # like a Stop button on the kernel's main thread
+    timer.start()
+    try:
+        run = asyncio.run(stream_pcm(client, load_pcm("piper_08.wav")))
+    finally:
+        timer.cancel()
+    received = fake.sessions[-1].received
+    assert "ForceEndpoint" in received and received.index("ForceEndpoint") < received.index("Terminate")
+    first_final_at = min(t for t, e in run.events if e.kind == "final")
+    assert first_final_at < run.audio_ended_at and len(run.finals()) == 2
 
 
 def _expect(
