@@ -324,7 +324,7 @@ class AssemblyAITranscriber:
                     continue
                 try:
                     message = proto.parse_message(raw)
-                except ValueError:
+                except (ValueError, KeyError, TypeError):
                     self._log.warning("ignoring a malformed message from AssemblyAI")
                     continue
                 if isinstance(message, proto.BeginMessage):

@@ -215,8 +215,9 @@ def parse_message(text: str | bytes) -> ServerMessage:
 
     Raises
     ------
-    ValueError
-        The frame is not a JSON object (a protocol violation the caller logs and skips).
+    ValueError, KeyError, TypeError
+        The frame is not a JSON object, or a field is missing or of the wrong type (a protocol
+        violation the caller logs and skips).
     """
     data = json.loads(text)
     if not isinstance(data, dict):
