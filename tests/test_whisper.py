@@ -135,7 +135,7 @@ def test_tiny_en_accuracy_on_fixtures(tiny_en, speech_fixtures, capsys):
             f"{[round(wer(r, h), 2) for r, h in espeak]}"
         )
     assert all(wer(ref, hyp) <= 0.45 for ref, hyp in piper), piper
-    assert corpus_wer(piper) <= 0.25  # measured 0.16-0.19; 15 % per clip is beyond tiny.en here
+    assert corpus_wer(piper) <= 0.20  # measured 0.154; 15 % per clip is beyond tiny.en here (0-38 %)
     assert corpus_wer(espeak) <= 0.5  # robotic voice: reported, loosely bounded
 
 
