@@ -37,7 +37,10 @@ def test_params_are_validated():
 
 def test_token_url_follows_the_streaming_host():
     """wss://host/v3/ws mints tokens at https://host/v3/token."""
-    assert proto.token_url("wss://streaming.eu.assemblyai.com/v3/ws") == "https://streaming.eu.assemblyai.com/v3/token"
+    assert (
+        proto.token_url("wss://streaming.eu.assemblyai.com/v3/ws")
+        == "https://streaming.eu.assemblyai.com/v3/token"
+    )
     assert proto.token_url("ws://127.0.0.1:9/v3/ws") == "http://127.0.0.1:9/v3/token"
 
 
@@ -54,7 +57,9 @@ def test_parse_begin_turn_termination_error_and_unknown():
     assert isinstance(turn, proto.TurnMessage)
     assert (turn.turn_order, turn.transcript, turn.end_of_turn) == (2, "book a table", False)
     assert turn.words[0].start_s == pytest.approx(4.21) and turn.words[1].is_final is False
-    end = proto.parse_message('{"type": "Termination", "audio_duration_seconds": 42, "session_duration_seconds": 45}')
+    end = proto.parse_message(
+        '{"type": "Termination", "audio_duration_seconds": 42, "session_duration_seconds": 45}'
+    )
     assert end == proto.TerminationMessage(42, 45)
     error = proto.parse_message('{"type": "Error", "error_code": 4001, "error": "Not authorized"}')
     assert error == proto.ErrorMessage("Not authorized", 4001)
@@ -65,7 +70,9 @@ def test_parse_begin_turn_termination_error_and_unknown():
         proto.parse_message("[]")
 
 
-def _turn(order: int, transcript: str, *, end: bool = False, formatted: bool = False, pending: str = "") -> proto.TurnMessage:
+def _turn(
+    order: int, transcript: str, *, end: bool = False, formatted: bool = False, pending: str = ""
+) -> proto.TurnMessage:
     words = [proto.Word(w, 0, 0) for w in transcript.split()] + [
         proto.Word(w, 0, 0, is_final=False) for w in pending.split()
     ]
@@ -73,7 +80,7 @@ def _turn(order: int, transcript: str, *, end: bool = False, formatted: bool = F
 
 
 def test_turn_tracker_replaces_by_turn_and_commits_on_end_of_turn():
-    """Partials replace their turn (with unfinished words), end_of_turn commits, the formatted copy replaces."""
+    """Partials replace their turn (with unfinished words), end_of_turn commits, formatted replaces."""
     tracker = proto.TurnTracker()
     first = tracker.update(_turn(0, "a red", pending="fo"))
     assert first is not None and (first.kind, first.text, first.turn) == ("partial", "a red fo", 0)
@@ -82,7 +89,11 @@ def test_turn_tracker_replaces_by_turn_and_commits_on_end_of_turn():
     assert final is not None and (final.kind, final.text, final.is_formatted) == ("final", "a red fox", False)
     assert tracker.update(_turn(0, "a red fox", pending="x")) is None  # late partial of a committed turn
     formatted = tracker.update(_turn(0, "A red fox.", end=True, formatted=True))
-    assert formatted is not None and (formatted.kind, formatted.text, formatted.is_formatted) == ("final", "A red fox.", True)
+    assert formatted is not None and (formatted.kind, formatted.text, formatted.is_formatted) == (
+        "final",
+        "A red fox.",
+        True,
+    )
     assert tracker.update(_turn(0, "a red fox", end=True)) is None
     nxt = tracker.update(_turn(1, "in the snow", end=True))
     assert nxt is not None and nxt.turn == 1

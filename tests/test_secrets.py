@@ -130,3 +130,36 @@ def test_no_secret_in_output_logs_or_errors(flow, capfd, caplog, monkeypatch):
     out, err = capfd.readouterr()
     logged = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records)
     assert_no_secret(out + err + logged + error_text)
+
+
+def flow_assemblyai() -> None:
+    """Stream to a (fake) AssemblyAI that refuses the key: the key is sent, refused, and never shown."""
+    import asyncio
+
+    from speech2image_nb.audio import chunk_pcm, decode_audio
+    from speech2image_nb.speech.assemblyai import AssemblyAITranscriber
+    from tests.conftest import DATA_DIR
+    from tests.fakes.assemblyai import FakeAssemblyAI
+
+    pcm = decode_audio(DATA_DIR / "piper_01.wav")[:8000]
+
+    async def chunks():
+        for chunk in chunk_pcm(pcm, 100):
+            yield chunk
+
+    async def run(transcriber: AssemblyAITranscriber) -> None:
+        async for event in transcriber.stream(chunks()):
+            logging.getLogger("speech2image_nb").debug("event %r", event)
+
+    with FakeAssemblyAI(api_key="the-only-key-the-fake-takes") as fake:
+        settings = Settings.resolve(assemblyai_streaming_url=fake.url)  # key from the environment
+        transcriber = AssemblyAITranscriber(settings=settings)
+        print(transcriber, vars(transcriber))
+        try:
+            asyncio.run(run(transcriber))
+        finally:
+            assert fake.sessions[-1].authorization == FAKE_KEY  # it was sent, in the header
+            assert fake.sessions[-1].close_code == 1008
+
+
+FLOWS.append(flow_assemblyai)

@@ -32,11 +32,34 @@ if TYPE_CHECKING:
     from ..audio import AudioSource
     from ..config import Settings
 
-__all__ = ["AssemblyAITranscriber", "create_temporary_token"]
+__all__ = ["AssemblyAITranscriber", "RedactingLogger", "create_temporary_token"]
 
 _LOG = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # how often the reader checks the shutdown deadline while waiting for a message
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for ``websockets`` that masks credentials in its DEBUG handshake lines.
+
+    ``websockets`` logs every request header at DEBUG, ``Authorization`` included, and the request
+    line with its query (where a temporary token travels): both are masked here.
+    """
+
+    def __init__(self, logger: logging.Logger, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(logger, {})
+        self._secrets = tuple(s for s in secrets if s)
+
+    def _mask(self, value: object) -> object:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, "**********")
+        return value
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if len(args) == 2 and isinstance(args[0], str) and args[0].lower() == "authorization":
+            args = (args[0], "**********")
+        super().log(level, self._mask(msg), *(self._mask(a) for a in args), **kwargs)
 
 
 def _mask_url(url: str) -> str:
@@ -54,8 +77,10 @@ class AssemblyAITranscriber:
     token
         A temporary token (see :func:`create_temporary_token`) to use instead of the API key;
         it is sent in the URL, as the service documents.
-    speech_model, format_turns, end_of_turn_confidence_threshold, min_turn_silence_ms, max_turn_silence_ms, keyterms
-        Session options (see :class:`~.assemblyai_protocol.StreamingParams`).
+    speech_model, format_turns, keyterms
+        Session options (model name, punctuated copies of finished turns, words to favour).
+    end_of_turn_confidence_threshold, min_turn_silence_ms, max_turn_silence_ms
+        Turn detection knobs (see :class:`~.assemblyai_protocol.StreamingParams`).
     frame_ms
         Audio frame length sent per WebSocket message (50-200 ms).
     pace
@@ -125,7 +150,9 @@ class AssemblyAITranscriber:
     # --- connection -----------------------------------------------------------------------------
 
     def _url(self) -> str:
-        return proto.build_streaming_url(self.settings.assemblyai_streaming_url, self.params, token=self._token)
+        return proto.build_streaming_url(
+            self.settings.assemblyai_streaming_url, self.params, token=self._token
+        )
 
     def _headers(self) -> dict[str, str]:
         if self._token is not None:
@@ -142,9 +169,9 @@ class AssemblyAITranscriber:
         """Open the WebSocket, retrying failed handshakes; a refused key is an AuthError at once."""
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-        connect = self._connect
-        if connect is None:
-            from websockets.asyncio.client import connect
+        from websockets.asyncio.client import connect as default_connect
+
+        connect: Callable[..., Any] = self._connect or default_connect
 
         url, headers = self._url(), self._headers()
         shown = _mask_url(url)
@@ -158,6 +185,10 @@ class AssemblyAITranscriber:
                 return await connect(
                     url,
                     additional_headers=headers,
+                    logger=RedactingLogger(
+                        logging.getLogger("websockets.client"),
+                        (*headers.values(), *([self._token] if self._token else [])),
+                    ),
                     open_timeout=self.open_timeout_s,
                     close_timeout=self.close_timeout_s,
                     max_size=2**20,
@@ -269,7 +300,14 @@ class AssemblyAITranscriber:
                 try:
                     raw = await asyncio.wait_for(ws.recv(), wait_s)
                 except asyncio.TimeoutError:
-                    continue
+                    # Nothing queued. A close frame may be in while the closing handshake is still
+                    # pending (recv() raises only when it completes): act on it now.
+                    rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)
+                    if rcvd is None:
+                        continue
+                    if rcvd.code == 1000:
+                        return
+                    raise proto.error_for_close(rcvd.code, rcvd.reason) from None
                 except ConnectionClosed as exc:
                     frame = exc.rcvd
                     if frame is not None and frame.code == 1000:
@@ -286,7 +324,7 @@ class AssemblyAITranscriber:
                     continue
                 try:
                     message = proto.parse_message(raw)
-                except ValueError:
+                except (ValueError, KeyError, TypeError):
                     self._log.warning("ignoring a malformed message from AssemblyAI")
                     continue
                 if isinstance(message, proto.BeginMessage):
@@ -307,10 +345,11 @@ class AssemblyAITranscriber:
                     self._log.debug("ignoring AssemblyAI message of type %s", message.type)
         finally:
             self._active = None
-            if producer is not None and not producer.done():
-                producer.cancel()
+            if producer is not None:
+                if not producer.done():
+                    producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await producer
+                    await producer  # also collects a failure already reported via the close code
             await ws.close()
 
     async def transcribe(self, audio: AudioSource | bytes) -> str:
@@ -394,7 +433,8 @@ def create_temporary_token(
     if response.status_code != 200 or not isinstance(token, str):
         reason = body.get("error", "") if isinstance(body, dict) else ""
         raise TranscriptionError(
-            f"AssemblyAI did not mint a token (HTTP {response.status_code}{': ' + reason if reason else ''}).",
+            f"AssemblyAI did not mint a token (HTTP {response.status_code}"
+            f"{': ' + reason if reason else ''}).",
             code=response.status_code,
             reason=str(reason),
         )

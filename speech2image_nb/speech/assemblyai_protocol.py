@@ -195,7 +195,9 @@ class OtherMessage:
     data: dict[str, Any]
 
 
-ServerMessage = Union[BeginMessage, TurnMessage, TerminationMessage, ErrorMessage, OtherMessage]
+ServerMessage = Union[  # noqa: UP007 (a runtime alias; `|` needs Python 3.10 objects)
+    BeginMessage, TurnMessage, TerminationMessage, ErrorMessage, OtherMessage
+]
 
 
 def _word(data: dict[str, Any]) -> Word:
@@ -213,8 +215,9 @@ def parse_message(text: str | bytes) -> ServerMessage:
 
     Raises
     ------
-    ValueError
-        The frame is not a JSON object (a protocol violation the caller logs and skips).
+    ValueError, KeyError, TypeError
+        The frame is not a JSON object, or a field is missing or of the wrong type (a protocol
+        violation the caller logs and skips).
     """
     data = json.loads(text)
     if not isinstance(data, dict):
@@ -238,7 +241,9 @@ def parse_message(text: str | bytes) -> ServerMessage:
         )
     if kind == "Error" or (kind is None and "error" in data):
         code = data.get("error_code")
-        return ErrorMessage(error=str(data.get("error", "")), error_code=int(code) if code is not None else None)
+        return ErrorMessage(
+            error=str(data.get("error", "")), error_code=int(code) if code is not None else None
+        )
     return OtherMessage(type=str(kind), data=data)
 
 
@@ -280,9 +285,7 @@ class TurnTracker:
 
     def final_text(self) -> str:
         """All committed turns in order, joined with spaces (empty turns left out)."""
-        return " ".join(
-            self._text_from_turn[t] for t in sorted(self._final_turns) if self._text_from_turn[t]
-        )
+        return " ".join(self._text_from_turn[t] for t in sorted(self._final_turns) if self._text_from_turn[t])
 
 
 # --- close codes -------------------------------------------------------------------------------

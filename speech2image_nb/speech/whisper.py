@@ -14,6 +14,7 @@ cache (with a progress bar) and reused offline afterwards; a local CTranslate2 d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -37,6 +38,7 @@ _LOG = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 _MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
+_PAD_MS = 100  # padding the VAD puts around each speech region
 _load_lock = threading.Lock()
 
 Audio = npt.NDArray[np.float32]
@@ -170,7 +172,7 @@ class WhisperTranscriber:
         cpu_threads: int = 0,
         beam_size: int = 5,
         partial_interval_s: float = 1.0,
-        min_silence_ms: int = 600,
+        min_silence_ms: int = 500,
         silence_rms: float = 0.01,
         language: str | None = "en",
         download_root: str | None = None,
@@ -223,15 +225,29 @@ class WhisperTranscriber:
         return await asyncio.to_thread(self.decode, _to_float(pcm))
 
     def _speech_spans(self, audio: Audio) -> list[tuple[int, int]]:
+        """Speech regions (sample offsets) by faster-whisper's Silero VAD, each padded by ``_PAD_MS``."""
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-        options = VadOptions(min_silence_duration_ms=self.min_silence_ms // 2, speech_pad_ms=100)
+        options = VadOptions(min_silence_duration_ms=self.min_silence_ms // 2, speech_pad_ms=_PAD_MS)
         return [(s["start"], s["end"]) for s in get_speech_timestamps(audio, options)]
+
+    def _turn_end(self, spans: list[tuple[int, int]], size: int) -> int | None:
+        """Where the first finished turn ends: after the first pause of ``min_silence_ms`` or more."""
+        pad = _PAD_MS * SAMPLE_RATE_HZ // 1000
+        silence = self.min_silence_ms * SAMPLE_RATE_HZ // 1000
+        for i, (_, end) in enumerate(spans):
+            gap = spans[i + 1][0] - end + 2 * pad if i + 1 < len(spans) else size - end + pad
+            if gap >= silence:
+                return end
+        return None
 
     async def stream(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[TranscriptEvent]:
         """Live transcript of 16 kHz int16 PCM ``chunks``: partials about once a second, finals at pauses.
 
-        A final also comes when ``chunks`` ends (for whatever speech is left).
+        Every ``partial_interval_s`` of new audio the VAD looks at the open turn: a pause of
+        ``min_silence_ms`` closes it (a final, decoded with beam search); otherwise, unless the
+        last second was silent, the turn is re-decoded greedily as a partial. When ``chunks``
+        ends, what is left is finalized.
         """
         await asyncio.to_thread(self.load)
         buffer = bytearray()
@@ -249,41 +265,40 @@ class WhisperTranscriber:
 
         pump_task = asyncio.create_task(pump())
         interval = int(self.partial_interval_s * SAMPLE_RATE_HZ) * 2  # bytes
-        silence = int(self.min_silence_ms * SAMPLE_RATE_HZ / 1000)  # samples
         turn, turn_start, checked = 0, 0, 0  # turn_start / checked: byte offsets into buffer
         last_partial = ""
         try:
             while True:
                 await arrived.wait()
                 arrived.clear()
-                if pump_task.done() and pump_task.exception() is not None:
+                if pump_task.done() and not pump_task.cancelled() and pump_task.exception() is not None:
                     raise pump_task.exception()  # type: ignore[misc]
-                if ended.is_set():
-                    audio = _to_float(buffer[turn_start:])
-                    if audio.size and float(np.sqrt(np.mean(audio**2))) >= self.silence_rms / 4:
-                        text = await asyncio.to_thread(self.decode, audio)
-                        if text:
-                            yield TranscriptEvent("final", text, turn, (), True)
-                    return
-                if len(buffer) - checked < interval:
+                finished = ended.is_set()
+                if not finished and len(buffer) - checked < interval:
                     continue
                 checked = len(buffer) - len(buffer) % 2
                 audio = _to_float(buffer[turn_start:checked])
-                recent = audio[-int(self.partial_interval_s * SAMPLE_RATE_HZ) :]
-                spans = await asyncio.to_thread(self._speech_spans, audio)
+                spans = await asyncio.to_thread(self._speech_spans, audio) if audio.size else []
                 if not spans:
+                    if finished:
+                        return
                     # nothing said yet: drop old silence so the buffer does not grow forever
                     turn_start = max(turn_start, checked - interval)
                     continue
-                speech_end = spans[-1][1]
-                if audio.size - speech_end >= silence:
-                    text = await asyncio.to_thread(self.decode, audio[:speech_end])
-                    turn_start += speech_end * 2
+                end = self._turn_end(spans, audio.size)
+                if end is None and finished:
+                    end = audio.size
+                if end is not None:
+                    text = await asyncio.to_thread(self.decode, audio[:end])
+                    turn_start += end * 2
                     last_partial = ""
                     if text:
                         yield TranscriptEvent("final", text, turn, (), True)
                         turn += 1
+                    checked = turn_start  # look at the rest at once: it may hold another turn
+                    arrived.set()
                     continue
+                recent = audio[-int(self.partial_interval_s * SAMPLE_RATE_HZ) :]
                 if float(np.sqrt(np.mean(recent**2))) < self.silence_rms:
                     continue  # silent second: the partial would not change
                 text = await asyncio.to_thread(self.decode, audio, beam_size=1)
@@ -293,7 +308,5 @@ class WhisperTranscriber:
         finally:
             if not pump_task.done():
                 pump_task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pump_task
-                except (asyncio.CancelledError, Exception):
-                    pass
