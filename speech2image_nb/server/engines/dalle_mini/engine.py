@@ -364,6 +364,7 @@ class DalleMiniEngine(Engine):
         *,
         generators: Sequence[torch.Generator] | None = None,
         on_tokens: Callable[[int, torch.Tensor], None] | None = None,
+        token_count: int = IMAGE_TOKEN_COUNT,
     ) -> torch.Tensor:
         """The 256 image tokens ``[n, 256]`` of each (prompt, seed).
 
@@ -378,6 +379,9 @@ class DalleMiniEngine(Engine):
             seeded with ``seeds``). Seeded like min-dalle's global RNG, they reproduce its draws.
         on_tokens
             called as ``on_tokens(step, image_tokens)`` every 32 steps (not after the last).
+        token_count
+            sample only this many tokens (the rest stay the start token): a partial picture, for
+            quick checks of full-size models on slow machines.
         """
         import torch
 
@@ -397,7 +401,7 @@ class DalleMiniEngine(Engine):
             encoder_state, mask = self.encode(prompts)
             decoder.prepare(generation.cache, encoder_state, mask)
             generation.reset(options_tuple, seeds)
-            for i in range(IMAGE_TOKEN_COUNT):
+            for i in range(min(token_count, IMAGE_TOKEN_COUNT)):
                 generation.run_step()
                 step = i + 1
                 if on_tokens is not None and step % PREVIEW_EVERY == 0 and step < IMAGE_TOKEN_COUNT:
@@ -405,12 +409,17 @@ class DalleMiniEngine(Engine):
             return generation.image_tokens[:, 1:].clone()
 
     def detokenize(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]``."""
+        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]``.
+
+        One image at a time: convolution kernels pick different algorithms for different batch
+        sizes, and a picture must not change with the batch it happened to share.
+        """
         import torch
 
         *_, detokenizer = self._require_loaded()
+        tokens = image_tokens.to(self._device)
         with torch.inference_mode():
-            return detokenizer(image_tokens.to(self._device))  # type: ignore[no-any-return]
+            return torch.cat([detokenizer(tokens[i : i + 1]) for i in range(tokens.shape[0])])
 
     def to_images(self, image_tokens: torch.Tensor) -> list[Image.Image]:
         """PIL images of image tokens (truncated to uint8, as min-dalle does)."""
