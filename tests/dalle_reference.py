@@ -62,14 +62,21 @@ def build_min_dalle(
     m.tokenizer = TextTokenizer(vocab, merges)
     with torch.device("meta"):
         encoder = DalleBartEncoder(
-            layer_count=config.layer_count, embed_count=config.embed_count,
-            attention_head_count=config.attention_head_count, text_vocab_count=config.text_vocab_count,
-            text_token_count=config.text_token_count, glu_embed_count=config.glu_embed_count, device=device,
+            layer_count=config.layer_count,
+            embed_count=config.embed_count,
+            attention_head_count=config.attention_head_count,
+            text_vocab_count=config.text_vocab_count,
+            text_token_count=config.text_token_count,
+            glu_embed_count=config.glu_embed_count,
+            device=device,
         )
         decoder = DalleBartDecoder(
-            image_vocab_count=config.image_vocab_count, embed_count=config.embed_count,
-            attention_head_count=config.attention_head_count, glu_embed_count=config.glu_embed_count,
-            layer_count=config.layer_count, device=device,
+            image_vocab_count=config.image_vocab_count,
+            embed_count=config.embed_count,
+            attention_head_count=config.attention_head_count,
+            glu_embed_count=config.glu_embed_count,
+            layer_count=config.layer_count,
+            device=device,
         )
         detokenizer = VQGanDetokenizer()
 
@@ -126,13 +133,21 @@ def min_dalle_first_tokens(m: Any, prompt: str, seed: int, token_count: int, **o
         torch.manual_seed(seed)
         token_indices = torch.arange(256, device=m.device)
         settings = torch.tensor(
-            [options.get("temperature", 1), options.get("top_k", 256), options.get("supercondition_factor", 16)],
-            dtype=torch.float32, device=m.device,
+            [
+                options.get("temperature", 1),
+                options.get("top_k", 256),
+                options.get("supercondition_factor", 16),
+            ],
+            dtype=torch.float32,
+            device=m.device,
         )
         for i in range(token_count):
             image_tokens[:, i + 1], attention_state = m.decoder.sample_tokens(
-                settings=settings, attention_mask=attention_mask, encoder_state=encoder_state,
-                attention_state=attention_state, prev_tokens=image_tokens[:, [i]],
+                settings=settings,
+                attention_mask=attention_mask,
+                encoder_state=encoder_state,
+                attention_state=attention_state,
+                prev_tokens=image_tokens[:, [i]],
                 token_index=token_indices[[i]],
             )
     return image_tokens[0, 1:]

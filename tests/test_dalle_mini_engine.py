@@ -47,7 +47,11 @@ def pixels(image):
 def test_loads_hugging_face_file_names_and_reports_progress(tiny_dir):
     """The five files under their Hugging Face names load; progress goes from 0 to 1."""
     assert sorted(p.name for p in tiny_dir.iterdir()) == [
-        "dalle_config.json", "decoder_mini.pt", "detoker.pt", "encoder_mini.pt", "merges_mini.txt",
+        "dalle_config.json",
+        "decoder_mini.pt",
+        "detoker.pt",
+        "encoder_mini.pt",
+        "merges_mini.txt",
         "vocab_mini.json",
     ]
     reports = []
@@ -62,9 +66,12 @@ def test_loads_min_dalle_models_root_layout(tmp_path, tiny_dir, engine):
     (tmp_path / "dalle_bart_mini").mkdir()
     (tmp_path / "vqgan").mkdir()
     for src, dst in [
-        ("vocab_mini.json", "dalle_bart_mini/vocab.json"), ("merges_mini.txt", "dalle_bart_mini/merges.txt"),
-        ("encoder_mini.pt", "dalle_bart_mini/encoder.pt"), ("decoder_mini.pt", "dalle_bart_mini/decoder.pt"),
-        ("detoker.pt", "vqgan/detoker.pt"), ("dalle_config.json", "dalle_config.json"),
+        ("vocab_mini.json", "dalle_bart_mini/vocab.json"),
+        ("merges_mini.txt", "dalle_bart_mini/merges.txt"),
+        ("encoder_mini.pt", "dalle_bart_mini/encoder.pt"),
+        ("decoder_mini.pt", "dalle_bart_mini/decoder.pt"),
+        ("detoker.pt", "vqgan/detoker.pt"),
+        ("dalle_config.json", "dalle_config.json"),
     ]:
         shutil.copy(tiny_dir / src, tmp_path / dst)
     other = DalleMiniEngine(model_dir=tmp_path, device="cpu")
@@ -166,9 +173,15 @@ def test_options_change_the_picture_and_mixed_options_are_grouped(engine):
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"temperature": 0}, "temperature"), ({"temperature": "hot"}, "temperature"), ({"top_k": 0}, "top_k"),
-     ({"top_k": 3.5}, "top_k"), ({"top_k": True}, "top_k"), ({"supercondition_factor": -1}, "supercondition_factor"),
-     ({"steps": 4}, "steps")],
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 3.5}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"supercondition_factor": -1}, "supercondition_factor"),
+        ({"steps": 4}, "steps"),
+    ],
 )
 def test_invalid_options_name_the_field(engine, options, field):
     """validate_options raises ValueError naming the bad field."""

@@ -102,7 +102,9 @@ def test_full_size_mini_matches_min_dalle(tmp_path):
     their_tokens = min_dalle_first_tokens(reference, PROMPT, SEED, FULL_SIZE_TOKEN_COUNT)
     with torch.inference_mode():
         their_pixels = reference.detokenizer.forward(False, their_tokens[None])
-    print(f"mini, {FULL_SIZE_TOKEN_COUNT} tokens + VQGAN: ours {our_seconds:.1f} s, "
-          f"min-dalle {time.perf_counter() - started:.1f} s")
+    print(
+        f"mini, {FULL_SIZE_TOKEN_COUNT} tokens + VQGAN: ours {our_seconds:.1f} s, "
+        f"min-dalle {time.perf_counter() - started:.1f} s"
+    )
     assert torch.equal(our_tokens[FULL_SIZE_TOKEN_COUNT:], their_tokens[FULL_SIZE_TOKEN_COUNT:])
     assert_same(our_tokens, their_tokens, our_pixels, their_pixels)

@@ -20,7 +20,11 @@ from speech2image_nb.server.engines.diffusers import DiffusersEngine
 
 def byte_characters():
     """The 256 printable characters byte-level BPE uses for the bytes (GPT-2's bytes_to_unicode)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
 
@@ -51,27 +55,51 @@ def tiny_pipeline_dir(tmp_path_factory):
     vocab_size = _write_clip_tokenizer_files(token_dir)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
     )
     vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=vocab_size, max_position_embeddings=77,
-    ))
-    tokenizer = CLIPTokenizer(str(token_dir / "vocab.json"), str(token_dir / "merges.txt"), model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+        )
+    )
+    tokenizer = CLIPTokenizer(
+        str(token_dir / "vocab.json"), str(token_dir / "merges.txt"), model_max_length=77
+    )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"
     )
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     out = root / "tiny-sd-turbo"
     pipeline.save_pretrained(out)
@@ -98,7 +126,9 @@ def test_loads_local_pipeline_and_makes_one_image_per_job(engine):
 def test_image_is_the_same_alone_or_in_a_batch(engine):
     """Per-image generators: the second image of a batch equals the same job run alone."""
     jobs = [ImageJob("a red fox", 11, 0), ImageJob("a blue house", 11, 1)]
-    batched = engine.generate(jobs, )
+    batched = engine.generate(
+        jobs,
+    )
     alone = engine.generate([jobs[1]])
     diff = np.abs(np.asarray(batched[1], dtype=int) - np.asarray(alone[0], dtype=int)).max()
     assert diff <= 1
@@ -124,8 +154,13 @@ def test_guidance_scale_runs_classifier_free_guidance(engine):
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"guidance_scale": -1}, "guidance_scale"),
-     ({"guidance_scale": float("nan")}, "guidance_scale"), ({"top_k": 5}, "top_k")],
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"guidance_scale": -1}, "guidance_scale"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"top_k": 5}, "top_k"),
+    ],
 )
 def test_invalid_options_name_the_field(engine, options, field):
     """validate_options raises ValueError naming the bad field."""

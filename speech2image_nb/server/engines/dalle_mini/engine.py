@@ -128,7 +128,7 @@ class _Generation:
         """Record :meth:`step` as a CUDA graph (after warm-up steps on a side stream)."""
         import torch
 
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
@@ -241,7 +241,10 @@ class DalleMiniEngine(Engine):
                 progress(0.6 * fraction, message)
 
         paths = locate_files(
-            config, model_dir=self.model_dir, cache_dir=self.cache_dir, revision=self.revision,
+            config,
+            model_dir=self.model_dir,
+            cache_dir=self.cache_dir,
+            revision=self.revision,
             progress=fetch_progress,
         )
         try:
@@ -319,7 +322,7 @@ class DalleMiniEngine(Engine):
         """
         import torch
 
-        config, tokenizer, encoder, _, _ = self._require_loaded()
+        _, tokenizer, encoder, _, _ = self._require_loaded()
         states: dict[str, torch.Tensor] = {}
         for prompt in dict.fromkeys(prompts):
             rows = torch.tensor(self._text_rows(prompt), dtype=torch.long, device=self._device)
@@ -327,7 +330,9 @@ class DalleMiniEngine(Engine):
         uncond = [states[p][0] for p in prompts]
         cond = [states[p][1] for p in prompts]
         encoder_state = torch.stack(uncond + cond)
-        masks = [torch.tensor(self._text_rows(p), device=self._device).ne(tokenizer.pad_token) for p in prompts]
+        masks = [
+            torch.tensor(self._text_rows(p), device=self._device).ne(tokenizer.pad_token) for p in prompts
+        ]
         mask = torch.stack([m[0] for m in masks] + [m[1] for m in masks])
         return encoder_state, mask
 
@@ -388,7 +393,7 @@ class DalleMiniEngine(Engine):
         from .sampler import GeneratorNoise
 
         options_tuple = self._options_tuple(options or {})
-        config, _, _, decoder, _ = self._require_loaded()
+        _, _, _, decoder, _ = self._require_loaded()
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         noise = None
@@ -423,9 +428,8 @@ class DalleMiniEngine(Engine):
 
     def to_images(self, image_tokens: torch.Tensor) -> list[Image.Image]:
         """PIL images of image tokens (truncated to uint8, as min-dalle does)."""
-        from PIL import Image
-
         import torch
+        from PIL import Image
 
         pixels = self.detokenize(image_tokens).to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p) for p in pixels]
@@ -452,10 +456,10 @@ class DalleMiniEngine(Engine):
                     tokens = self.sample_image_tokens(
                         [j.prompt for j in chunk],
                         [j.image_seed for j in chunk],
-                        dict(zip(("temperature", "top_k", "supercondition_factor"), options)),
+                        dict(zip(("temperature", "top_k", "supercondition_factor"), options, strict=True)),
                         on_tokens=previews if on_progress is not None else None,
                     )
-                    for job, image in zip(chunk, self.to_images(tokens)):
+                    for job, image in zip(chunk, self.to_images(tokens), strict=True):
                         by_job[id(job)] = image
                 except (RuntimeError, MemoryError) as exc:
                     raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
