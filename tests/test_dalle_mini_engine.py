@@ -219,3 +219,60 @@ def test_importing_the_engines_imports_no_torch():
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_reused_static_buffers_give_the_same_tokens(tiny_dir, monkeypatch):
+    """The CUDA-graph path keeps one set of buffers per batch size (dirtied by warm-up steps);
+    reusing them across generations gives the same tokens as fresh buffers."""
+    from speech2image_nb.server.engines.dalle_mini.engine import _Generation
+
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", noise="hash")
+    engine.load()
+    fresh = [
+        engine.sample_image_tokens(p, s)
+        for p, s in ((["a fox", "a cat"], [3, 4]), (["a dog", "sky"], [5, 6]))
+    ]
+    kept = {}
+
+    def reuse(image_count, top_k, noise):
+        if (image_count, top_k) not in kept:
+            generation = _Generation(
+                engine.config,
+                engine.decoder,
+                image_count,
+                top_k,
+                device=engine._device,
+                dtype=engine._dtype,
+                noise=None,
+            )
+            with torch.inference_mode():
+                for _ in range(3):  # the warm-up steps before a capture leave garbage behind
+                    generation.step()
+            kept[(image_count, top_k)] = generation
+        return kept[(image_count, top_k)]
+
+    monkeypatch.setattr(engine, "_generation", reuse)
+    again = [
+        engine.sample_image_tokens(p, s)
+        for p, s in ((["a fox", "a cat"], [3, 4]), (["a dog", "sky"], [5, 6]))
+    ]
+    assert len(kept) == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_cuda_graph_steps_match_eager_steps(tiny_dir, dtype):
+    """On CUDA, replaying the captured step gives the same tokens as running it step by step."""
+    graphs = DalleMiniEngine(model_dir=tiny_dir, device="cuda", dtype=dtype)
+    eager = DalleMiniEngine(model_dir=tiny_dir, device="cuda", dtype=dtype, use_cuda_graphs=False)
+    graphs.load()
+    eager.load()
+    prompts, seeds = ["a red fox", "a cat", "a dog"], [1, 2, 3]
+    first = graphs.sample_image_tokens(prompts, seeds)
+    assert graphs._generations and next(iter(graphs._generations.values())).graph is not None
+    assert torch.equal(first, graphs.sample_image_tokens(prompts, seeds))
+    assert torch.equal(first, eager.sample_image_tokens(prompts, seeds))
+    alone = graphs.sample_image_tokens(prompts[1:2], seeds[1:2])
+    assert torch.equal(first[1], alone[0])
