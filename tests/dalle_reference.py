@@ -62,14 +62,21 @@ def build_min_dalle(
     m.tokenizer = TextTokenizer(vocab, merges)
     with torch.device("meta"):
         encoder = DalleBartEncoder(
-            layer_count=config.layer_count, embed_count=config.embed_count,
-            attention_head_count=config.attention_head_count, text_vocab_count=config.text_vocab_count,
-            text_token_count=config.text_token_count, glu_embed_count=config.glu_embed_count, device=device,
+            layer_count=config.layer_count,
+            embed_count=config.embed_count,
+            attention_head_count=config.attention_head_count,
+            text_vocab_count=config.text_vocab_count,
+            text_token_count=config.text_token_count,
+            glu_embed_count=config.glu_embed_count,
+            device=device,
         )
         decoder = DalleBartDecoder(
-            image_vocab_count=config.image_vocab_count, embed_count=config.embed_count,
-            attention_head_count=config.attention_head_count, glu_embed_count=config.glu_embed_count,
-            layer_count=config.layer_count, device=device,
+            image_vocab_count=config.image_vocab_count,
+            embed_count=config.embed_count,
+            attention_head_count=config.attention_head_count,
+            glu_embed_count=config.glu_embed_count,
+            layer_count=config.layer_count,
+            device=device,
         )
         detokenizer = VQGanDetokenizer()
 
@@ -103,3 +110,44 @@ def min_dalle_tokens_and_pixels(m: Any, prompt: str, seed: int, **options: Any) 
         stack.enter_context(torch.inference_mode())
         pixels = list(m.generate_raw_image_stream(prompt, seed, grid_size=1, **options))[-1]
     return captured[-1][0], pixels
+
+
+def min_dalle_first_tokens(m: Any, prompt: str, seed: int, token_count: int, **options: Any) -> Any:
+    """min-dalle's first ``token_count`` image tokens for one image.
+
+    The loop is ``MinDalle.generate_raw_image_stream`` (0.4.11) cut short: the same text rows,
+    the same calls of its encoder and ``decoder.sample_tokens``, the same global-RNG seeding.
+    """
+    import numpy
+
+    tokens = m.tokenizer.tokenize(prompt)[: m.text_token_count]
+    text_tokens = numpy.ones((2, 64), dtype=numpy.int32)
+    text_tokens[0, :2] = [tokens[0], tokens[-1]]
+    text_tokens[1, : len(tokens)] = tokens
+    with torch.inference_mode():
+        text_tokens = torch.tensor(text_tokens, dtype=torch.long, device=m.device)
+        encoder_state = m.encoder.forward(text_tokens)
+        attention_mask = text_tokens.not_equal(1)[:, None, None, :]
+        attention_state = torch.zeros((m.layer_count, 4, 256, m.embed_count), device=m.device)
+        image_tokens = torch.full((1, 257), 2**14 - 1, dtype=torch.long, device=m.device)
+        torch.manual_seed(seed)
+        token_indices = torch.arange(256, device=m.device)
+        settings = torch.tensor(
+            [
+                options.get("temperature", 1),
+                options.get("top_k", 256),
+                options.get("supercondition_factor", 16),
+            ],
+            dtype=torch.float32,
+            device=m.device,
+        )
+        for i in range(token_count):
+            image_tokens[:, i + 1], attention_state = m.decoder.sample_tokens(
+                settings=settings,
+                attention_mask=attention_mask,
+                encoder_state=encoder_state,
+                attention_state=attention_state,
+                prev_tokens=image_tokens[:, [i]],
+                token_index=token_indices[[i]],
+            )
+    return image_tokens[0, 1:]

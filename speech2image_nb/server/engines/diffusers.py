@@ -42,8 +42,15 @@ _LATENT_RGB = (
     (-0.2120, -0.2616, -0.7177),
 )
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
-           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+_DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
 
 
 def latents_to_preview(latents: torch.Tensor) -> list[Image.Image] | None:
@@ -136,7 +143,9 @@ class DiffusersEngine(Engine):
         error: Exception | None = None
         for extra in attempts:
             try:
-                pipeline = AutoPipelineForText2Image.from_pretrained(self.model_id, torch_dtype=dtype, **extra)
+                pipeline = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+                    self.model_id, torch_dtype=dtype, **extra
+                )
                 break
             except (OSError, ValueError) as exc:
                 error = exc
@@ -190,8 +199,9 @@ class DiffusersEngine(Engine):
                 chunk = group[start : start + self.max_batch]
                 generators = [torch.Generator("cpu").manual_seed(job.image_seed) for job in chunk]
 
-                def on_step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any],
-                            steps: int = steps) -> dict[str, Any]:
+                def on_step(
+                    pipe: Any, index: int, timestep: Any, tensors: dict[str, Any], steps: int = steps
+                ) -> dict[str, Any]:
                     if on_progress is not None:
                         on_progress(index + 1, steps, latents_to_preview(tensors["latents"]))
                     return tensors
@@ -209,7 +219,7 @@ class DiffusersEngine(Engine):
                         )
                 except (RuntimeError, ValueError, MemoryError) as exc:
                     raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
-                for job, image in zip(chunk, result.images):
+                for job, image in zip(chunk, result.images, strict=True):
                     by_job[id(job)] = image.convert("RGB")
         return [by_job[id(job)] for job in jobs]
 

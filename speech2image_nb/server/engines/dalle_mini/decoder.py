@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-any-return"
 """The BART-style image-token decoder, one token per call over a preallocated KV cache.
 
 min-dalle's decoder recomputes the cross-attention keys and values of the 64 text states at every
@@ -10,6 +11,7 @@ has no Python-side state and can be captured once as a CUDA graph and replayed 2
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,7 +44,13 @@ class DecoderCache:
     ) -> DecoderCache:
         """Zeroed buffers for ``row_count`` decoder rows (2 per image)."""
         head_embed = config.embed_count // config.attention_head_count
-        self_shape = (config.layer_count, row_count, config.attention_head_count, IMAGE_TOKEN_COUNT, head_embed)
+        self_shape = (
+            config.layer_count,
+            row_count,
+            config.attention_head_count,
+            IMAGE_TOKEN_COUNT,
+            head_embed,
+        )
         cross_shape = (*self_shape[:3], config.text_token_count, head_embed)
 
         def zeros(shape: tuple[int, ...]) -> torch.Tensor:
@@ -53,7 +61,9 @@ class DecoderCache:
             self_values=zeros(self_shape),
             cross_keys=zeros(cross_shape),
             cross_values=zeros(cross_shape),
-            cross_mask=torch.zeros((row_count, 1, 1, config.text_token_count), device=device, dtype=torch.bool),
+            cross_mask=torch.zeros(
+                (row_count, 1, 1, config.text_token_count), device=device, dtype=torch.bool
+            ),
             token_positions=torch.arange(IMAGE_TOKEN_COUNT, device=device),
         )
 
@@ -117,7 +127,7 @@ class DalleBartDecoder(nn.Module):
 
     def prepare(self, cache: DecoderCache, encoder_state: torch.Tensor, text_mask: torch.Tensor) -> None:
         """Fill the cross-attention keys/values and mask for this generation's rows (once, not per step)."""
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(cast("list[DecoderLayer]", self.layers)):
             k, v = layer.encoder_attn.keys_values(encoder_state)
             cache.cross_keys[i].copy_(k)
             cache.cross_values[i].copy_(v)
@@ -133,6 +143,6 @@ class DalleBartDecoder(nn.Module):
         state = self.embed_tokens(tokens) + self.embed_positions(position)[None]
         state = self.layernorm_embedding(state)
         self_mask = (cache.token_positions <= position)[None, None, None, :]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(cast("list[DecoderLayer]", self.layers)):
             state = layer.step(state, position, self_mask, cache, i)
         return self.lm_head(self.final_ln(state))[:, 0, :]

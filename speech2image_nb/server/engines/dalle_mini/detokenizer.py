@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-any-return"
 """The VQGAN decoder ("detokenizer"): 16x16 image tokens -> 256x256 RGB (min-dalle's layout).
 
 Parameter names match min-dalle's ``detoker.pt``. ``width_divisor`` > 1 shrinks every channel

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-any-return"
 """The BART-style text encoder of DALL-E mini/mega (min-dalle's ``DalleBartEncoder`` layout)."""
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class _Generation:
         """Record :meth:`step` as a CUDA graph (after warm-up steps on a side stream)."""
         import torch
 
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
@@ -241,7 +241,10 @@ class DalleMiniEngine(Engine):
                 progress(0.6 * fraction, message)
 
         paths = locate_files(
-            config, model_dir=self.model_dir, cache_dir=self.cache_dir, revision=self.revision,
+            config,
+            model_dir=self.model_dir,
+            cache_dir=self.cache_dir,
+            revision=self.revision,
             progress=fetch_progress,
         )
         try:
@@ -319,7 +322,7 @@ class DalleMiniEngine(Engine):
         """
         import torch
 
-        config, tokenizer, encoder, _, _ = self._require_loaded()
+        _, tokenizer, encoder, _, _ = self._require_loaded()
         states: dict[str, torch.Tensor] = {}
         for prompt in dict.fromkeys(prompts):
             rows = torch.tensor(self._text_rows(prompt), dtype=torch.long, device=self._device)
@@ -327,7 +330,9 @@ class DalleMiniEngine(Engine):
         uncond = [states[p][0] for p in prompts]
         cond = [states[p][1] for p in prompts]
         encoder_state = torch.stack(uncond + cond)
-        masks = [torch.tensor(self._text_rows(p), device=self._device).ne(tokenizer.pad_token) for p in prompts]
+        masks = [
+            torch.tensor(self._text_rows(p), device=self._device).ne(tokenizer.pad_token) for p in prompts
+        ]
         mask = torch.stack([m[0] for m in masks] + [m[1] for m in masks])
         return encoder_state, mask
 
@@ -364,6 +369,7 @@ class DalleMiniEngine(Engine):
         *,
         generators: Sequence[torch.Generator] | None = None,
         on_tokens: Callable[[int, torch.Tensor], None] | None = None,
+        token_count: int = IMAGE_TOKEN_COUNT,
     ) -> torch.Tensor:
         """The 256 image tokens ``[n, 256]`` of each (prompt, seed).
 
@@ -378,13 +384,16 @@ class DalleMiniEngine(Engine):
             seeded with ``seeds``). Seeded like min-dalle's global RNG, they reproduce its draws.
         on_tokens
             called as ``on_tokens(step, image_tokens)`` every 32 steps (not after the last).
+        token_count
+            sample only this many tokens (the rest stay the start token): a partial picture, for
+            quick checks of full-size models on slow machines.
         """
         import torch
 
         from .sampler import GeneratorNoise
 
         options_tuple = self._options_tuple(options or {})
-        config, _, _, decoder, _ = self._require_loaded()
+        _, _, _, decoder, _ = self._require_loaded()
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         noise = None
@@ -397,7 +406,7 @@ class DalleMiniEngine(Engine):
             encoder_state, mask = self.encode(prompts)
             decoder.prepare(generation.cache, encoder_state, mask)
             generation.reset(options_tuple, seeds)
-            for i in range(IMAGE_TOKEN_COUNT):
+            for i in range(min(token_count, IMAGE_TOKEN_COUNT)):
                 generation.run_step()
                 step = i + 1
                 if on_tokens is not None and step % PREVIEW_EVERY == 0 and step < IMAGE_TOKEN_COUNT:
@@ -405,18 +414,22 @@ class DalleMiniEngine(Engine):
             return generation.image_tokens[:, 1:].clone()
 
     def detokenize(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]``."""
+        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]``.
+
+        One image at a time: convolution kernels pick different algorithms for different batch
+        sizes, and a picture must not change with the batch it happened to share.
+        """
         import torch
 
         *_, detokenizer = self._require_loaded()
+        tokens = image_tokens.to(self._device)
         with torch.inference_mode():
-            return detokenizer(image_tokens.to(self._device))  # type: ignore[no-any-return]
+            return torch.cat([detokenizer(tokens[i : i + 1]) for i in range(tokens.shape[0])])
 
     def to_images(self, image_tokens: torch.Tensor) -> list[Image.Image]:
         """PIL images of image tokens (truncated to uint8, as min-dalle does)."""
-        from PIL import Image
-
         import torch
+        from PIL import Image
 
         pixels = self.detokenize(image_tokens).to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p) for p in pixels]
@@ -443,10 +456,10 @@ class DalleMiniEngine(Engine):
                     tokens = self.sample_image_tokens(
                         [j.prompt for j in chunk],
                         [j.image_seed for j in chunk],
-                        dict(zip(("temperature", "top_k", "supercondition_factor"), options)),
+                        dict(zip(("temperature", "top_k", "supercondition_factor"), options, strict=True)),
                         on_tokens=previews if on_progress is not None else None,
                     )
-                    for job, image in zip(chunk, self.to_images(tokens)):
+                    for job, image in zip(chunk, self.to_images(tokens), strict=True):
                         by_job[id(job)] = image
                 except (RuntimeError, MemoryError) as exc:
                     raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc

@@ -1,10 +1,11 @@
+# mypy: disable-error-code="no-any-return"
 """Building blocks shared by the encoder and the decoder (parameter names as in min-dalle's files)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 __all__ = ["GLU", "Attention", "split_heads"]
 
@@ -22,7 +23,7 @@ class GLU(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = self.ln0(z)
-        w = F.gelu(self.fc0(z))
+        w = functional.gelu(self.fc0(z))
         v = self.fc1(z)
         return self.fc2(self.ln1(w * v))
 
@@ -58,11 +59,9 @@ class Attention(nn.Module):
         """Keys and values ``[batch, heads, tokens, head_embed]``."""
         return split_heads(self.k_proj(x), self.head_count), split_heads(self.v_proj(x), self.head_count)
 
-    def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention of ``q`` over ``k``/``v`` where ``mask`` is True, then the output projection."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        out = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         batch_count, _, token_count, _ = out.shape
         out = out.transpose(1, 2).reshape(batch_count, token_count, self.embed_count)
         return self.out_proj(out)

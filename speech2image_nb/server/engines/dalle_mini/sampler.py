@@ -71,7 +71,7 @@ class GeneratorNoise:
         self.out = torch.empty((len(self.generators), IMAGE_CODEBOOK_COUNT), device=device)
 
     def __call__(self, position: torch.Tensor) -> torch.Tensor:
-        for row, generator in zip(self.out, self.generators):
+        for row, generator in zip(self.out, self.generators, strict=True):
             row.exponential_(generator=generator)
         return self.out
 

@@ -7,6 +7,7 @@ the same ids and the checkpoints see the input they were trained on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -69,7 +70,7 @@ class TextTokenizer:
         """Merge the characters of one word by rank until no ranked pair is left."""
         subwords = [WORD_START, *word]
         while len(subwords) > 1:
-            pairs = list(zip(subwords[:-1], subwords[1:]))
+            pairs = list(itertools.pairwise(subwords))
             pair_to_merge = min(pairs, key=lambda pair: self.rank_from_pair.get(pair, math.inf))
             if pair_to_merge not in self.rank_from_pair:
                 break

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ....errors import EngineError, ModelNotAvailable
+from ....errors import ModelNotAvailable
 from .config import CONFIG_FILE_NAME, MEGA, MINI, VARIANTS, DalleConfig
 
 __all__ = [
@@ -50,7 +50,9 @@ def read_config(is_mega: bool, model_dir: Path | None) -> DalleConfig:
             try:
                 config = DalleConfig.from_file(path)
             except (ValueError, TypeError) as exc:
-                raise ModelNotAvailable(f"{path} is not a valid DALL-E config: {exc}. Fix or delete it.") from exc
+                raise ModelNotAvailable(
+                    f"{path} is not a valid DALL-E config: {exc}. Fix or delete it."
+                ) from exc
             if config.is_mega != is_mega:
                 kind = "dalle-mega" if config.is_mega else "dalle-mini"
                 raise ModelNotAvailable(f"{path} describes a {kind} checkpoint; choose the {kind} engine.")

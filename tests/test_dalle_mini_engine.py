@@ -1,0 +1,278 @@
+"""The DALL-E mini engine on tiny random checkpoints: loading, errors, determinism, previews, options."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from speech2image_nb.errors import ModelNotAvailable
+from speech2image_nb.server.engines.base import ImageJob
+from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine, save_random_checkpoint
+from speech2image_nb.server.engines.dalle_mini.sampler import HashNoise
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on 2 shared cores, 2 threads were several times slower per op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random mini-shaped checkpoint in min-dalle's file format."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    """The engine loaded from the tiny checkpoint on CPU."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu")
+    engine.load()
+    return engine
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_loads_hugging_face_file_names_and_reports_progress(tiny_dir):
+    """The five files under their Hugging Face names load; progress goes from 0 to 1."""
+    assert sorted(p.name for p in tiny_dir.iterdir()) == [
+        "dalle_config.json",
+        "decoder_mini.pt",
+        "detoker.pt",
+        "encoder_mini.pt",
+        "merges_mini.txt",
+        "vocab_mini.json",
+    ]
+    reports = []
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu")
+    engine.load(lambda fraction, message: reports.append(fraction))
+    assert reports[-1] == 1.0 and reports == sorted(reports)
+    assert engine.describe() == {"engine": "dalle-mini", "device": "cpu", "max_batch": 4, "dtype": "float32"}
+
+
+def test_loads_min_dalle_models_root_layout(tmp_path, tiny_dir, engine):
+    """min-dalle's own folder layout (dalle_bart_mini/, vqgan/) loads too, with the same result."""
+    (tmp_path / "dalle_bart_mini").mkdir()
+    (tmp_path / "vqgan").mkdir()
+    for src, dst in [
+        ("vocab_mini.json", "dalle_bart_mini/vocab.json"),
+        ("merges_mini.txt", "dalle_bart_mini/merges.txt"),
+        ("encoder_mini.pt", "dalle_bart_mini/encoder.pt"),
+        ("decoder_mini.pt", "dalle_bart_mini/decoder.pt"),
+        ("detoker.pt", "vqgan/detoker.pt"),
+        ("dalle_config.json", "dalle_config.json"),
+    ]:
+        shutil.copy(tiny_dir / src, tmp_path / dst)
+    other = DalleMiniEngine(model_dir=tmp_path, device="cpu")
+    other.load()
+    job = ImageJob("a fox", 3, 0)
+    assert np.array_equal(pixels(other.generate([job])[0]), pixels(engine.generate([job])[0]))
+
+
+def test_missing_file_is_named(tmp_path, tiny_dir):
+    """A folder without decoder_mini.pt: ModelNotAvailable naming it and where to get it."""
+    for p in tiny_dir.iterdir():
+        if p.name != "decoder_mini.pt":
+            shutil.copy(p, tmp_path / p.name)
+    with pytest.raises(ModelNotAvailable, match=r"decoder_mini\.pt.*huggingface\.co/kuprel/min-dalle"):
+        DalleMiniEngine(model_dir=tmp_path, device="cpu").load()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "html"])
+def test_broken_checkpoint_is_named_with_a_fix(tmp_path, tiny_dir, damage):
+    """A truncated or non-checkpoint decoder file: ModelNotAvailable naming the file and the fix."""
+    shutil.copytree(tiny_dir, tmp_path / "m")
+    path = tmp_path / "m" / "decoder_mini.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>502 Bad Gateway</html>")
+    with pytest.raises(ModelNotAvailable) as info:
+        DalleMiniEngine(model_dir=tmp_path / "m", device="cpu").load()
+    assert str(path) in str(info.value) and "download it again" in str(info.value)
+
+
+def test_wrong_variant_is_refused(tiny_dir):
+    """Asking for mega over a mini checkpoint folder says which engine fits."""
+    with pytest.raises(ModelNotAvailable, match="dalle-mini"):
+        DalleMiniEngine(True, model_dir=tiny_dir, device="cpu").load()
+
+
+def test_offline_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
+    """No model folder, HF_HUB_OFFLINE and an empty cache: ModelNotAvailable within seconds."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    engine = DalleMiniEngine(device="cpu", cache_dir=tmp_path)
+    started = time.monotonic()
+    with pytest.raises(ModelNotAvailable, match=r"vocab_mini\.json.*offline"):
+        engine.load()
+    assert time.monotonic() - started < 10
+
+
+def test_image_is_the_same_alone_or_in_a_batch(engine):
+    """Per-image generators: a job gives the same pixels alone and as the 3rd image of a batch."""
+    jobs = [ImageJob("a red fox", 5, 0), ImageJob("a cat in the snow", 9, 0), ImageJob("a dog", 5, 2)]
+    batched = engine.generate(jobs)
+    alone = engine.generate([jobs[2]])
+    assert np.array_equal(pixels(batched[2]), pixels(alone[0]))
+    assert not np.array_equal(pixels(batched[0]), pixels(batched[2]))
+    assert [im.size for im in batched] == [(256, 256)] * 3
+
+
+def test_hash_noise_path_is_deterministic_and_batch_independent(tiny_dir):
+    """The CUDA default noise (counter-based, graph-replayable) run on CPU: same tokens alone or batched."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", noise="hash")
+    engine.load()
+    batched = engine.sample_image_tokens(["a red fox", "a blue sky"], [21, 22])
+    alone = engine.sample_image_tokens(["a blue sky"], [22])
+    assert torch.equal(batched[1], alone[0])
+    assert not torch.equal(batched[0], batched[1])
+
+
+def test_hash_noise_is_exponential():
+    """HashNoise draws look like Exp(1) (mean and variance near 1) and differ per seed and step."""
+    noise = HashNoise(torch.tensor([1, 2], dtype=torch.long))
+    a = noise(torch.tensor([0]))
+    b = noise(torch.tensor([1]))
+    assert abs(a.mean().item() - 1) < 0.03 and abs(a.var().item() - 1) < 0.08
+    assert (a > 0).all() and torch.isfinite(a).all()
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, b)
+    assert torch.equal(a, noise(torch.tensor([0])))
+
+
+def test_previews_every_32_tokens(engine):
+    """on_progress gets 7 previews (one image per job) at 32..224 tokens, then (256, 256, None)."""
+    calls = []
+    engine.generate(
+        [ImageJob("a fox", 1, 0), ImageJob("a fox", 1, 1)],
+        on_progress=lambda step, total, previews: calls.append((step, total, previews)),
+    )
+    assert [(s, t) for s, t, _ in calls] == [(32 * i, 256) for i in range(1, 9)]
+    assert all(len(p) == 2 and p[0].size == (256, 256) for _, _, p in calls[:-1])
+    assert calls[-1][2] is None
+
+
+def test_options_change_the_picture_and_mixed_options_are_grouped(engine):
+    """Jobs with different options in one call each get their own settings."""
+    plain, hot = ImageJob("a fox", 4, 0), ImageJob("a fox", 4, 0, {"temperature": 8.0, "top_k": 2000})
+    both = engine.generate([plain, hot])
+    assert np.array_equal(pixels(both[0]), pixels(engine.generate([plain])[0]))
+    assert np.array_equal(pixels(both[1]), pixels(engine.generate([hot])[0]))
+    assert not np.array_equal(pixels(both[0]), pixels(both[1]))
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 3.5}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"supercondition_factor": -1}, "supercondition_factor"),
+        ({"steps": 4}, "steps"),
+    ],
+)
+def test_invalid_options_name_the_field(engine, options, field):
+    """validate_options raises ValueError naming the bad field."""
+    with pytest.raises(ValueError, match=field):
+        engine.validate_options(options)
+
+
+def test_defaults_are_min_dalles(engine):
+    """Options default to min-dalle's temperature 1, top_k 256, supercondition_factor 16."""
+    assert engine.validate_options({}) == {"temperature": 1.0, "top_k": 256, "supercondition_factor": 16.0}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_runs_on_cpu(tiny_dir, dtype):
+    """bf16 and fp16 encoder/decoder work (the VQGAN stays fp32) and give an RGB picture."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", dtype=dtype)
+    engine.load()
+    tokens = engine.sample_image_tokens(["a fox"], [1])
+    assert tokens.shape == (1, 256) and int(tokens.max()) < 2**14
+    assert engine.describe()["dtype"] in ("bfloat16", "float16")
+
+
+def test_generation_leaves_global_torch_state_alone(engine):
+    """Generating keeps autograd on and the thread count as it was (no global settings)."""
+    threads = torch.get_num_threads()
+    assert torch.is_grad_enabled()
+    engine.generate([ImageJob("a fox", 1, 0)])
+    assert torch.is_grad_enabled() and torch.get_num_threads() == threads
+
+
+def test_importing_the_engines_imports_no_torch():
+    """Importing both engine modules does no work: torch is not even imported."""
+    code = (
+        "import sys, speech2image_nb.server.engines.dalle_mini, speech2image_nb.server.engines.diffusers\n"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_reused_static_buffers_give_the_same_tokens(tiny_dir, monkeypatch):
+    """The CUDA-graph path keeps one set of buffers per batch size (dirtied by warm-up steps);
+    reusing them across generations gives the same tokens as fresh buffers."""
+    from speech2image_nb.server.engines.dalle_mini.engine import _Generation
+
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", noise="hash")
+    engine.load()
+    fresh = [
+        engine.sample_image_tokens(p, s)
+        for p, s in ((["a fox", "a cat"], [3, 4]), (["a dog", "sky"], [5, 6]))
+    ]
+    kept = {}
+
+    def reuse(image_count, top_k, noise):
+        if (image_count, top_k) not in kept:
+            generation = _Generation(
+                engine.config,
+                engine.decoder,
+                image_count,
+                top_k,
+                device=engine._device,
+                dtype=engine._dtype,
+                noise=None,
+            )
+            with torch.inference_mode():
+                for _ in range(3):  # the warm-up steps before a capture leave garbage behind
+                    generation.step()
+            kept[(image_count, top_k)] = generation
+        return kept[(image_count, top_k)]
+
+    monkeypatch.setattr(engine, "_generation", reuse)
+    again = [
+        engine.sample_image_tokens(p, s)
+        for p, s in ((["a fox", "a cat"], [3, 4]), (["a dog", "sky"], [5, 6]))
+    ]
+    assert len(kept) == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_cuda_graph_steps_match_eager_steps(tiny_dir, dtype):
+    """On CUDA, replaying the captured step gives the same tokens as running it step by step."""
+    graphs = DalleMiniEngine(model_dir=tiny_dir, device="cuda", dtype=dtype)
+    eager = DalleMiniEngine(model_dir=tiny_dir, device="cuda", dtype=dtype, use_cuda_graphs=False)
+    graphs.load()
+    eager.load()
+    prompts, seeds = ["a red fox", "a cat", "a dog"], [1, 2, 3]
+    first = graphs.sample_image_tokens(prompts, seeds)
+    assert graphs._generations and next(iter(graphs._generations.values())).graph is not None
+    assert torch.equal(first, graphs.sample_image_tokens(prompts, seeds))
+    assert torch.equal(first, eager.sample_image_tokens(prompts, seeds))
+    alone = graphs.sample_image_tokens(prompts[1:2], seeds[1:2])
+    assert torch.equal(first[1], alone[0])
