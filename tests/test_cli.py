@@ -40,11 +40,15 @@ def free_port() -> int:
 
 
 def test_run_transcribes_a_recording_and_saves_its_images(tmp_path):
-    """speech2image run piper_01.wav --out DIR prints the transcript and writes N PNG files."""
+    """speech2image run piper_01.wav --out DIR (local Whisper, embedded tiny DALL-E) prints and saves."""
+    from speech2image_nb.server.engines.dalle_mini import save_random_checkpoint
+
+    weights = save_random_checkpoint(tmp_path / "dalle", variant="tiny")
     out = tmp_path / "pictures"
     result = cli(
         "run", str(DATA_DIR / "piper_01.wav"), "--out", str(out), "--num-images", "2", "--seed", "5",
-        env={"S2I_WHISPER_MODEL": whisper_model_dir(), "S2I_IMAGE_ENGINE": "noise"},
+        env={"S2I_WHISPER_MODEL": whisper_model_dir(), "S2I_IMAGE_ENGINE": "dalle-mini",
+             "S2I_MODEL_DIR": str(weights)},
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
