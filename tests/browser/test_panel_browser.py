@@ -54,7 +54,7 @@ def record_once(page, kernel):
     assert kernel.wait_until(
         f"len(panel.controller.transcript._turns) > {takes} and "
         "'snow' in panel.controller.transcript.session_text().lower()",
-        timeout_s=20 * TIME_FACTOR,
+        timeout_s=40 * TIME_FACTOR,
     ), kernel.json("panel.error_text")
 
 
