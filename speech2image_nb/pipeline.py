@@ -81,7 +81,7 @@ class ImageService:
                 return self._client
             from .images import client as client_module
 
-            connected = None if self.settings.server_url else getattr(client_module, "_default_client", None)
+            connected = None if self.settings.server_url else client_module.connected_client()
             if connected is not None:  # the user called speech2image_nb.connect(url, token) before
                 client = connected
             elif self.settings.server_url:
