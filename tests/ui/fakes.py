@@ -8,7 +8,6 @@ chunks, as the browser would.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 
 import ipywidgets as widgets
@@ -17,6 +16,7 @@ from PIL import Image
 
 from speech2image_nb.audio import chunk_pcm, decode_audio
 from speech2image_nb.errors import ServerUnreachable
+from speech2image_nb.images.client import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
 from speech2image_nb.speech.base import TranscriptEvent
 
 
@@ -100,30 +100,6 @@ class ScriptedTranscriber:
     async def transcribe(self, audio) -> str:
         await asyncio.sleep(0)
         return " ".join(self.sentences)
-
-
-@dataclasses.dataclass(frozen=True)
-class QueuedEvent:
-    position: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ProgressEvent:
-    step: int
-    total: int
-    preview: Image.Image | None
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageEvent:
-    index: int
-    image: Image.Image
-
-
-@dataclasses.dataclass(frozen=True)
-class DoneEvent:
-    seed: int
-    timings: dict
 
 
 class FakeClient:
