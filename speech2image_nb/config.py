@@ -91,7 +91,7 @@ def _colab_secret(name: str) -> str | None:
     if not in_colab():
         return None
     try:
-        from google.colab import userdata  # type: ignore[import-not-found]
+        from google.colab import userdata
 
         value = userdata.get(name)
     except Exception:  # not found, not granted to this notebook, or an old Colab

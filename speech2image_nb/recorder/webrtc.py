@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..errors import AudioError, RecorderError
+from .callbacks import RecorderCallbacks
 from .widget import DEFAULT_CONSTRAINTS
 
 __all__ = ["WebRTCRecorder"]
@@ -47,7 +47,7 @@ def _import_ipywebrtc() -> Any:
         raise ImportError("WebRTCRecorder needs ipywebrtc: pip install 'speech2image_nb[webrtc]'") from exc
 
 
-class WebRTCRecorder:
+class WebRTCRecorder(RecorderCallbacks):
     """Record with ipywebrtc's ``AudioRecorder`` (audio only); the take arrives after stop.
 
     Parameters
@@ -84,9 +84,7 @@ class WebRTCRecorder:
         self.widget = webrtc.AudioRecorder(stream=self.stream, format="webm")
         self._lock = threading.Lock()
         self._pcm: PCM = np.zeros(0, dtype=np.int16)
-        self._audio_callbacks: list[Callable[[bytes], object]] = []
-        self._stop_callbacks: list[Callable[[], object]] = []
-        self._error_callbacks: list[Callable[[RecorderError], object]] = []
+        self._init_callbacks()
         self._timer: threading.Timer | None = None
         self.widget.observe(self._recording_changed, "recording")
         self.widget.audio.observe(self._audio_changed, "value")
@@ -101,21 +99,6 @@ class WebRTCRecorder:
     @recording.setter
     def recording(self, value: bool) -> None:
         self.widget.recording = bool(value)
-
-    def on_audio(self, callback: Callable[[bytes], object]) -> None:
-        """Call ``callback(pcm_bytes)`` once per take, after stop, with all of it (16 kHz int16)."""
-        with self._lock:
-            self._audio_callbacks.append(callback)
-
-    def on_stop(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` after a take's audio has arrived and ``on_audio`` was called."""
-        with self._lock:
-            self._stop_callbacks.append(callback)
-
-    def on_error(self, callback: Callable[[RecorderError], object]) -> None:
-        """Call ``callback(error)`` when a take brought no usable audio."""
-        with self._lock:
-            self._error_callbacks.append(callback)
 
     def pcm(self) -> PCM:
         """The last take as a 1-D int16 array (empty until its recording arrived)."""
@@ -164,13 +147,8 @@ class WebRTCRecorder:
             return
         with self._lock:
             self._pcm = pcm
-            audio_callbacks = list(self._audio_callbacks)
-            stop_callbacks = list(self._stop_callbacks)
-        payload = pcm.astype("<i2").tobytes()
-        for callback in audio_callbacks:
-            _call(callback, payload)
-        for stop_callback in stop_callbacks:
-            _call(stop_callback)
+        self._fire_audio(pcm.astype("<i2").tobytes())  # once, the whole take
+        self._fire_stop()
 
     def _no_result(self) -> None:
         self._timer = None
@@ -178,21 +156,9 @@ class WebRTCRecorder:
         self._report(RecorderError(NO_AUDIO_MESSAGE))
 
     def _report(self, error: RecorderError) -> None:
-        with self._lock:
-            callbacks = list(self._error_callbacks)
-        if not callbacks:
-            logger.warning("recorder error (no on_error callback): %s", error)
-        for callback in callbacks:
-            _call(callback, error)
+        self._fire_error(error)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-
-
-def _call(callback: Callable[..., object], *args: object) -> None:
-    try:
-        callback(*args)
-    except Exception:
-        logger.exception("recorder callback %r raised", callback)

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from ..errors import (
     MicrophoneUnavailable,
     RecorderError,
 )
+from .callbacks import RecorderCallbacks
 
 __all__ = ["ERROR_MESSAGES", "Recorder", "recorder_error"]
 
@@ -121,7 +122,7 @@ def _let_front_end_choose_subshell(comm: Any) -> None:
         vars(comm).pop("_reply_subshell_id", None)
 
 
-class Recorder(anywidget.AnyWidget):
+class Recorder(anywidget.AnyWidget, RecorderCallbacks):
     """Record the microphone in the browser and stream 16 kHz mono int16 PCM to the kernel.
 
     Display it (last expression of a cell, or ``display(recorder)``), then press its record
@@ -185,32 +186,12 @@ class Recorder(anywidget.AnyWidget):
         self._chunks: list[bytes] = []
         self._sample_count = 0
         self._next_seq = 0
-        self._audio_callbacks: list[Callable[[bytes], object]] = []
-        self._stop_callbacks: list[Callable[[], object]] = []
-        self._error_callbacks: list[Callable[[RecorderError], object]] = []
+        self._init_callbacks()
         self._frontend_seen = threading.Event()
         self._frontend_timer: threading.Timer | None = None
         self.on_msg(self._handle_message)
 
     # --- kernel API ------------------------------------------------------------------------
-
-    def on_audio(self, callback: Callable[[bytes], object]) -> None:
-        """Call ``callback(pcm_bytes)`` for every chunk (int16 LE mono at ``sample_rate`` Hz).
-
-        Runs on the thread that handles comm messages: keep it short (enqueue, don't block).
-        """
-        with self._lock:
-            self._audio_callbacks.append(callback)
-
-    def on_stop(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` once a take has ended and its last chunk has arrived."""
-        with self._lock:
-            self._stop_callbacks.append(callback)
-
-    def on_error(self, callback: Callable[[RecorderError], object]) -> None:
-        """Call ``callback(error)`` with a :class:`RecorderError` subclass when recording fails."""
-        with self._lock:
-            self._error_callbacks.append(callback)
 
     def pcm(self) -> PCM:
         """The whole current take so far as a 1-D int16 array (a copy; cleared at each start)."""
@@ -317,35 +298,18 @@ class Recorder(anywidget.AnyWidget):
             self._next_seq = seq + 1
             self._chunks.append(data)
             self._sample_count += len(data) // 2
-            callbacks = list(self._audio_callbacks)
-        for callback in callbacks:
-            self._call(callback, data)
+        self._fire_audio(data)
 
     def _handle_stopped(self, content: dict[str, Any]) -> None:
         logger.debug("recorder: take stopped after %s chunks", content.get("chunk_count"))
-        with self._lock:
-            callbacks = list(self._stop_callbacks)
-        for callback in callbacks:
-            self._call(callback)
+        self._fire_stop()
 
     def _report_error(self, error: RecorderError) -> None:
         self.error = str(error)
         self.status = "error"
         if self.recording:
             self.recording = False
-        with self._lock:
-            callbacks = list(self._error_callbacks)
-        if not callbacks:
-            logger.warning("recorder error (no on_error callback): %s", error)
-        for callback in callbacks:
-            self._call(callback, error)
-
-    @staticmethod
-    def _call(callback: Callable[..., object], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            logger.exception("recorder callback %r raised", callback)
+        self._fire_error(error)
 
     def _clear_locked(self) -> None:
         self._chunks = []
