@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", choices=("lab", "notebook"), default="lab")
     parser.add_argument("--takes", type=int, default=5)
-    parser.add_argument("--final-delay", type=float, default=0.5,
-                        help="fake service delay after Terminate (s)")
+    parser.add_argument(
+        "--final-delay", type=float, default=0.5, help="fake service delay after Terminate (s)"
+    )
     parser.add_argument("--images", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -71,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(ROOT / "notebooks" / "speech2image.ipynb", root / "speech2image.ipynb")
     latencies, finals = [], []
     with FakeAssemblyAI(api_key="bench-key", final_delay_s=args.final_delay) as fake:
-        os.environ.update(ASSEMBLYAI_API_KEY="bench-key", ASSEMBLYAI_STREAMING_URL=fake.url,
-                          S2I_IMAGE_ENGINE="noise", S2I_NO_PROMPT="1", HF_HUB_OFFLINE="1")
+        os.environ.update(
+            ASSEMBLYAI_API_KEY="bench-key",
+            ASSEMBLYAI_STREAMING_URL=fake.url,
+            S2I_IMAGE_ENGINE="noise",
+            S2I_NO_PROMPT="1",
+            HF_HUB_OFFLINE="1",
+        )
         os.environ.pop("S2I_SERVER_URL", None)
         server = JupyterServer(args.stack, root_dir=root).start()
         try:
@@ -83,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 page.locator(".s2i-recorder-button").wait_for(timeout=60_000)
                 with KernelClient(server, server.kernel_id("speech2image.ipynb")) as kernel:
                     kernel.wait_until("panel.wait_ready(0)", timeout_s=60)
-                    kernel.execute(f"panel.hands_free_toggle.value = True\n"
-                                   f"panel.image_count_slider.value = {args.images}")
+                    kernel.execute(
+                        f"panel.hands_free_toggle.value = True\n"
+                        f"panel.image_count_slider.value = {args.images}"
+                    )
                     page.evaluate(OBSERVER_JS)
                     for take in range(1, args.takes + 1):
                         page.evaluate(START_TAKE_JS)
@@ -98,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                         final_at = state["finalAt"]
                         final = (final_at - state["stopAt"]) / 1000 if final_at else float("nan")
                         note = "  (image was already there before Stop)" if state["early"] else ""
-                        print(f"take {take}: Stop -> final transcript {final:.3f} s, "
-                              f"Stop -> first image {latency:.3f} s{note}")
+                        print(
+                            f"take {take}: Stop -> final transcript {final:.3f} s, "
+                            f"Stop -> first image {latency:.3f} s{note}"
+                        )
                         latencies.append(latency)
                         finals.append(final)
                 browser.close()
@@ -107,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             shutil.rmtree(root, ignore_errors=True)
     median = statistics.median(latencies)
-    print(f"{args.stack}, fake final delay {args.final_delay:g} s, {args.images} image(s): "
-          f"median Stop -> first image {median:.3f} s "
-          f"(min {min(latencies):.3f}, max {max(latencies):.3f}); "
-          f"median Stop -> final transcript {statistics.median(finals):.3f} s; target <= {TARGET_S} s: "
-          f"{'met' if median <= TARGET_S else 'NOT met'}")
+    print(
+        f"{args.stack}, fake final delay {args.final_delay:g} s, {args.images} image(s): "
+        f"median Stop -> first image {median:.3f} s "
+        f"(min {min(latencies):.3f}, max {max(latencies):.3f}); "
+        f"median Stop -> final transcript {statistics.median(finals):.3f} s; target <= {TARGET_S} s: "
+        f"{'met' if median <= TARGET_S else 'NOT met'}"
+    )
     return 0
 
 

@@ -59,7 +59,9 @@ def _open_input(source: AudioSource) -> tuple[IO[bytes] | str, str]:
         return path, repr(path)
     if hasattr(source, "read"):
         return source, "the audio stream"
-    raise TypeError(f"decode_audio() takes bytes, a path or a binary file object, not {type(source).__name__}")
+    raise TypeError(
+        f"decode_audio() takes bytes, a path or a binary file object, not {type(source).__name__}"
+    )
 
 
 def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE_HZ) -> PCM:
@@ -143,7 +145,7 @@ def chunk_pcm(
     (AssemblyAI wants >= 50 ms) pad it themselves.
     """
     samples = as_pcm(pcm)
-    step = int(round(sample_rate * ms / 1000))
+    step = round(sample_rate * ms / 1000)
     if step <= 0:
         raise ValueError(f"chunk length must be at least one sample, got {ms} ms at {sample_rate} Hz")
     data = samples.astype("<i2", copy=False).tobytes()

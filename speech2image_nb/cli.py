@@ -56,15 +56,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _speech_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--engine", choices=("assemblyai", "whisper"), default=None,
+        "--engine",
+        choices=("assemblyai", "whisper"),
+        default=None,
         help="speech engine (default: assemblyai when ASSEMBLYAI_API_KEY is set, else whisper)",
     )
 
 
 def _image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="speech2image_images", help="folder for the PNG files")
-    parser.add_argument("--num-images", type=int, default=1, choices=range(1, 10), metavar="N",
-                        help="images to generate, 1-9 (default 1)")
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="images to generate, 1-9 (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random)")
 
 

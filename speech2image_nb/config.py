@@ -144,8 +144,7 @@ class Settings:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(
-                f"Unknown setting(s): {', '.join(sorted(unknown))}. "
-                f"Known settings: {', '.join(ENV_VARS)}."
+                f"Unknown setting(s): {', '.join(sorted(unknown))}. Known settings: {', '.join(ENV_VARS)}."
             )
         env = os.environ if environ is None else environ
         lookup_secret = _colab_secret if colab_secret is None else colab_secret
@@ -174,9 +173,7 @@ class Settings:
     def _validate(self) -> None:
         url = self.assemblyai_streaming_url
         if not url.startswith(("ws://", "wss://")):
-            raise ConfigError(
-                f"ASSEMBLYAI_STREAMING_URL must start with ws:// or wss://, got {url!r}."
-            )
+            raise ConfigError(f"ASSEMBLYAI_STREAMING_URL must start with ws:// or wss://, got {url!r}.")
 
     @property
     def speech_engine(self) -> str:

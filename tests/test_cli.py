@@ -20,8 +20,12 @@ def cli(*args, env=None, timeout_s=120):
     full_env.pop("ASSEMBLYAI_API_KEY", None)
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "speech2image_nb", *args], cwd=ROOT, env=full_env,
-        capture_output=True, text=True, timeout=timeout_s * TIME_FACTOR,
+        [sys.executable, "-m", "speech2image_nb", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s * TIME_FACTOR,
     )
 
 
@@ -46,9 +50,19 @@ def test_run_transcribes_a_recording_and_saves_its_images(tmp_path):
     weights = save_random_checkpoint(tmp_path / "dalle", variant="tiny")
     out = tmp_path / "pictures"
     result = cli(
-        "run", str(DATA_DIR / "piper_01.wav"), "--out", str(out), "--num-images", "2", "--seed", "5",
-        env={"S2I_WHISPER_MODEL": whisper_model_dir(), "S2I_IMAGE_ENGINE": "dalle-mini",
-             "S2I_MODEL_DIR": str(weights)},
+        "run",
+        str(DATA_DIR / "piper_01.wav"),
+        "--out",
+        str(out),
+        "--num-images",
+        "2",
+        "--seed",
+        "5",
+        env={
+            "S2I_WHISPER_MODEL": whisper_model_dir(),
+            "S2I_IMAGE_ENGINE": "dalle-mini",
+            "S2I_MODEL_DIR": str(weights),
+        },
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -64,8 +78,14 @@ def test_run_transcribes_a_recording_and_saves_its_images(tmp_path):
 
 def test_unreachable_server_is_one_line_on_stderr_without_traceback(tmp_path):
     """generate against a closed port exits 1 with the fix in one line, no traceback."""
-    result = cli("generate", "a red fox", "--out", str(tmp_path),
-                 env={"S2I_SERVER_URL": f"http://127.0.0.1:{free_port()}"}, timeout_s=60)
+    result = cli(
+        "generate",
+        "a red fox",
+        "--out",
+        str(tmp_path),
+        env={"S2I_SERVER_URL": f"http://127.0.0.1:{free_port()}"},
+        timeout_s=60,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("speech2image: ") and len(result.stderr.strip().splitlines()) == 1

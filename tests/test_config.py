@@ -25,7 +25,11 @@ def test_defaults_with_empty_environment():
 
 def test_arguments_beat_environment_beats_colab():
     """An argument wins over the env var, which wins over the Colab secret."""
-    env = {"ASSEMBLYAI_API_KEY": "from-env", "S2I_SERVER_URL": "http://env:8000", "S2I_WHISPER_MODEL": "base.en"}
+    env = {
+        "ASSEMBLYAI_API_KEY": "from-env",
+        "S2I_SERVER_URL": "http://env:8000",
+        "S2I_WHISPER_MODEL": "base.en",
+    }
     colab = {"ASSEMBLYAI_API_KEY": "from-colab", "S2I_SERVER_TOKEN": "colab-token"}
     settings = Settings.resolve(environ=env, colab_secret=colab.get, server_url="http://arg:1")
     assert settings.server_url == "http://arg:1"

@@ -23,7 +23,9 @@ def execute(nb, env, monkeypatch, timeout_s=120):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     client = NotebookClient(
-        nb, timeout=int(timeout_s * TIME_FACTOR), kernel_name="python3",
+        nb,
+        timeout=int(timeout_s * TIME_FACTOR),
+        kernel_name="python3",
         resources={"metadata": {"path": str(ROOT)}},
     )
     client.execute()
@@ -51,13 +53,15 @@ def test_committed_notebooks_have_no_outputs():
 def test_panel_notebook_runs_headless_and_its_panel_generates(monkeypatch, tiny_image_env):
     """speech2image.ipynb runs without edits or prompts; its panel then draws a typed prompt."""
     nb = nbformat.read(NOTEBOOKS / "speech2image.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "assert panel.wait_ready(90), panel.error_text\n"
-        "panel.generate('a red fox sitting in the snow')\n"
-        "assert panel.wait_idle(90) and panel.error_text == '', panel.error_text\n"
-        "print('IMAGES', len(panel.images))\n"
-        "panel.close()"
-    ))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "assert panel.wait_ready(90), panel.error_text\n"
+            "panel.generate('a red fox sitting in the snow')\n"
+            "assert panel.wait_idle(90) and panel.error_text == '', panel.error_text\n"
+            "print('IMAGES', len(panel.images))\n"
+            "panel.close()"
+        )
+    )
     env = dict(tiny_image_env)
     env.pop("ASSEMBLYAI_API_KEY", None)
     monkeypatch.delenv("ASSEMBLYAI_API_KEY", raising=False)
@@ -66,8 +70,12 @@ def test_panel_notebook_runs_headless_and_its_panel_generates(monkeypatch, tiny_
     text = outputs_text(nb)
     assert "Speech: local Whisper" in text
     assert "IMAGES 4" in text
-    widget_outputs = [o for c in nb.cells for o in c.get("outputs", [])
-                      if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    widget_outputs = [
+        o
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     assert widget_outputs, "app() displayed the panel"
 
 
@@ -90,8 +98,9 @@ def test_server_notebook_runs_in_test_mode(monkeypatch, tmp_path, tiny_image_env
     assert 'connect("https://fox-snow-test.trycloudflare.com", token="' in text
     assert '"POST /generate HTTP/1.1" 200' in text  # requests are shown as they come
     assert "server stopped" in text
-    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])), \
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])), (
         "the check cell showed an image"
+    )
 
 
 @pytest.fixture

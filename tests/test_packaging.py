@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -25,7 +26,8 @@ def test_environment_yml_has_every_runtime_requirement():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in project["dependencies"]}
     for extra in USER_EXTRAS:
-        wanted |= {_name(r) for r in project["optional-dependencies"][extra] if not r.startswith("speech2image")}
+        extras = project["optional-dependencies"][extra]
+        wanted |= {_name(r) for r in extras if not r.startswith("speech2image")}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     have: set[str] = set()
     for dep in env["dependencies"]:

@@ -89,8 +89,9 @@ def flow_panel() -> None:
     try:
         with FakeAssemblyAI(api_key="another-key") as fake:
             env = {**ENV, "S2I_SERVER_URL": server.url, "ASSEMBLYAI_STREAMING_URL": fake.url}
-            panel = Panel(settings=Settings.resolve(environ=env, colab_secret=lambda n: None),
-                          recorder=FakeRecorder())
+            panel = Panel(
+                settings=Settings.resolve(environ=env, colab_secret=lambda n: None), recorder=FakeRecorder()
+            )
             try:
                 panel.wait_ready(30)
                 panel.recorder.play("tests/data/piper_01.wav")

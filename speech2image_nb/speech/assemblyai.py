@@ -167,9 +167,8 @@ class AssemblyAITranscriber:
 
     async def _open(self) -> Any:
         """Open the WebSocket, retrying failed handshakes; a refused key is an AuthError at once."""
-        from websockets.exceptions import InvalidHandshake, InvalidStatus
-
         from websockets.asyncio.client import connect as default_connect
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
 
         connect: Callable[..., Any] = self._connect or default_connect
 

@@ -170,9 +170,9 @@ class Controller:
         with self._lock:
             self.transcript.begin_session()
 
-    def on_transcript(self, event: TranscriptEvent, *, image_count: int, seed: int | None) -> (
-        tuple[str | None, GenerationRequest | None]
-    ):
+    def on_transcript(
+        self, event: TranscriptEvent, *, image_count: int, seed: int | None
+    ) -> tuple[str | None, GenerationRequest | None]:
         """Apply a transcript event.
 
         Returns ``(new prompt text or None, request to start now or None)``. The prompt text is

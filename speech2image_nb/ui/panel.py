@@ -133,8 +133,10 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.controller = Controller()
         self._transcriber = transcriber
         self._transcriber_lock = threading.Lock()
-        self._images = image_service if image_service is not None else ImageService(
-            self.settings, on_progress=self._on_server_progress
+        self._images = (
+            image_service
+            if image_service is not None
+            else ImageService(self.settings, on_progress=self._on_server_progress)
         )
         self._status: dict[str, str] = {"speech": self._speech_label(), "images": self._images.describe()}
         self._shown: HistoryEntry | None = None
@@ -233,10 +235,21 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             [self._recorder_view, self.transcript_html],
             layout=widgets.Layout(align_items="center", width="100%"),
         )
-        save_row = widgets.HBox([self.folder_text, self.save_button, self.seed_label],
-                                layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
-        children = [self._style, top, self.prompt_text, controls, self.status_html, self.error_html,
-                    self.grid_html, save_row, self.history_box]
+        save_row = widgets.HBox(
+            [self.folder_text, self.save_button, self.seed_label],
+            layout=widgets.Layout(align_items="center", flex_flow="row wrap"),
+        )
+        children = [
+            self._style,
+            top,
+            self.prompt_text,
+            controls,
+            self.status_html,
+            self.error_html,
+            self.grid_html,
+            save_row,
+            self.history_box,
+        ]
         if self._hotkeys is not None:
             children.append(self._hotkeys)
         return children
@@ -634,7 +647,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             css = "s2i-img" if final else "s2i-img s2i-preview"
             cells.append(
                 f'<img class="{css}" data-index="{index}" src="{self._data_url(tile)}" '
-                f"alt=\"image {index + 1}\" title=\"click to enlarge\" "
+                f'alt="image {index + 1}" title="click to enlarge" '
                 f"onclick=\"this.classList.toggle('s2i-big')\"/>"
             )
         self.grid_html.value = f'<div class="s2i-grid" data-id="{self._grid_id}">{"".join(cells)}</div>'

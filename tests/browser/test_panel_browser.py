@@ -72,8 +72,9 @@ def configured_env(monkeypatch, browser_tmp):
 
 
 @pytest.mark.parametrize("stack", ["lab", "notebook"])
-def test_tutorial_notebook_speech_to_images(stack, configured_env, playwright_instance, browser_tmp,
-                                            artifacts_dir):
+def test_tutorial_notebook_speech_to_images(
+    stack, configured_env, playwright_instance, browser_tmp, artifacts_dir
+):
     """Record -> transcript and prompt in the DOM -> Generate -> N decodable images; then hands-free."""
     root = browser_tmp / f"panel-{stack}"
     root.mkdir()
@@ -86,8 +87,9 @@ def test_tutorial_notebook_speech_to_images(stack, configured_env, playwright_in
         panel = page.locator(".s2i-panel")
         page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
         with KernelClient(server, server.kernel_id(NOTEBOOK.name)) as kernel:
-            assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), \
-                kernel.json("panel.error_text")
+            assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), kernel.json(
+                "panel.error_text"
+            )
             kernel.execute(f"panel.image_count_slider.value = {IMAGE_COUNT}")
             panel.scroll_into_view_if_needed()
             panel.screenshot(path=artifacts_dir / f"panel_ready_{stack}.png")
@@ -101,7 +103,9 @@ def test_tutorial_notebook_speech_to_images(stack, configured_env, playwright_in
             page.locator(".s2i-generate").click()
             page.wait_for_function(
                 f"() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length"
-                f" === {IMAGE_COUNT}", timeout=30 * MS)
+                f" === {IMAGE_COUNT}",
+                timeout=30 * MS,
+            )
             images = decoded_images(page)
             assert len(images) == IMAGE_COUNT and all(im.size[0] >= 64 for im in images)
             assert "seed" in page.locator(".s2i-seed").inner_text()
@@ -112,13 +116,17 @@ def test_tutorial_notebook_speech_to_images(stack, configured_env, playwright_in
             page.locator(".s2i-hands-free").click()
             assert kernel.wait_until("panel.controller.hands_free", timeout_s=5 * TIME_FACTOR)
             record_once(page, kernel)
-            assert kernel.wait_until("len(panel.controller.history) >= 2 and panel.wait_idle(0)",
-                                     timeout_s=30 * TIME_FACTOR), kernel.json("panel.error_text")
+            assert kernel.wait_until(
+                "len(panel.controller.history) >= 2 and panel.wait_idle(0)", timeout_s=30 * TIME_FACTOR
+            ), kernel.json("panel.error_text")
             page.wait_for_function(
-                "() => document.querySelectorAll('.s2i-history-item').length >= 2", timeout=10 * MS)
+                "() => document.querySelectorAll('.s2i-history-item').length >= 2", timeout=10 * MS
+            )
             page.wait_for_function(
                 f"() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length"
-                f" === {IMAGE_COUNT}", timeout=30 * MS)
+                f" === {IMAGE_COUNT}",
+                timeout=30 * MS,
+            )
             assert len(decoded_images(page)) == IMAGE_COUNT
             assert kernel.json("panel.error_text") == ""
             panel.screenshot(path=artifacts_dir / f"panel_hands_free_{stack}.png")
@@ -142,8 +150,9 @@ def test_tutorial_notebook_speech_to_images(stack, configured_env, playwright_in
         server.stop()
 
 
-def test_microphone_denied_shows_one_line_and_typed_prompt_still_draws(configured_env, playwright_instance,
-                                                                      browser_tmp, artifacts_dir):
+def test_microphone_denied_shows_one_line_and_typed_prompt_still_draws(
+    configured_env, playwright_instance, browser_tmp, artifacts_dir
+):
     """Chromium refuses the microphone: the panel says how to fix it; Generate still works."""
     root = browser_tmp / "panel-denied"
     root.mkdir()
@@ -159,7 +168,9 @@ def test_microphone_denied_shows_one_line_and_typed_prompt_still_draws(configure
             page.locator(".s2i-recorder-button").click()
             page.wait_for_function(
                 "() => (document.querySelector('.s2i-error-line') || {}).innerText"
-                "?.includes('Microphone: The browser refused')", timeout=10 * MS)
+                "?.includes('Microphone: The browser refused')",
+                timeout=10 * MS,
+            )
             line = page.locator(".s2i-error-line").inner_text()
             assert "allow it" in line and "Traceback" not in page.locator(".s2i-panel").inner_text()
             page.locator(".s2i-panel").screenshot(path=artifacts_dir / "panel_mic_denied_lab.png")
@@ -167,7 +178,8 @@ def test_microphone_denied_shows_one_line_and_typed_prompt_still_draws(configure
             page.locator(".s2i-generate").click()
             page.wait_for_function(
                 "() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length > 0",
-                timeout=30 * MS)
+                timeout=30 * MS,
+            )
             assert decoded_images(page) and kernel.json("panel.error_text") == ""
     finally:
         browser.close()

@@ -27,8 +27,9 @@ def wait_until(predicate, timeout_s=10.0):
 
 def grid_images(panel):
     """Decode every finished image the grid shows (as the browser would)."""
-    sources = re.findall(r'<img class="s2i-img" data-index="\d+" src="data:image/jpeg;base64,([^"]+)"',
-                         panel.grid_html.value)
+    sources = re.findall(
+        r'<img class="s2i-img" data-index="\d+" src="data:image/jpeg;base64,([^"]+)"', panel.grid_html.value
+    )
     return [Image.open(io.BytesIO(base64.b64decode(s))) for s in sources]
 
 

@@ -32,7 +32,7 @@ def test_partial_replaces_its_turn_and_final_commits_it():
     t.apply(partial("a red"))
     t.apply(partial("a red fox"))
     assert t.plain_text() == "a red fox"
-    assert 's2i-partial' in t.to_html()
+    assert "s2i-partial" in t.to_html()
     t.apply(final("a red fox sitting"))
     assert t.plain_text() == "a red fox sitting"
     assert "s2i-partial" not in t.to_html() and "s2i-final" in t.to_html()
@@ -144,8 +144,10 @@ def test_history_keeps_the_newest_entries_and_finds_them():
     ("exc", "starts"),
     [
         (errors.MicrophonePermissionDenied("Allow the microphone in the site settings."), "Microphone:"),
-        (errors.AuthError("The key was refused: check ASSEMBLYAI_API_KEY.", service="AssemblyAI"),
-         "Key refused by AssemblyAI:"),
+        (
+            errors.AuthError("The key was refused: check ASSEMBLYAI_API_KEY.", service="AssemblyAI"),
+            "Key refused by AssemblyAI:",
+        ),
         (errors.ServerUnreachable("No answer: start the server.", url="http://x"), "Image server:"),
         (errors.ServerError(500, "engine_error", "out of memory"), "Image server:"),
         (errors.TranscriptionError("Session ended.", code=3005), "Speech service:"),

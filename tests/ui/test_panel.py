@@ -36,7 +36,9 @@ def test_hands_free_generates_each_sentence_in_order_without_cancelling(make_pan
     """Hands-free: two sentences -> two generations, the second queued behind the first."""
     service = FakeImageService(FakeClient(delay_s=0.3))
     panel = make_panel(
-        hands_free=True, image_count=2, image_service=service,
+        hands_free=True,
+        image_count=2,
+        image_service=service,
         transcriber=ScriptedTranscriber(("a red fox", "a blue bird"), formatted=True),
     )
     panel.recorder.play(FOX)
@@ -85,8 +87,11 @@ def test_image_server_down_shows_the_fix_then_generate_works_once_it_is_up(make_
 
 def test_speech_auth_failure_shows_message_stops_recording_and_next_take_works(make_panel):
     """An AssemblyAI key refusal is one line; recording stops; the next take transcribes."""
-    bad = ScriptedTranscriber(error=errors.AuthError(
-        "AssemblyAI refused the API key: check ASSEMBLYAI_API_KEY.", service="AssemblyAI"))
+    bad = ScriptedTranscriber(
+        error=errors.AuthError(
+            "AssemblyAI refused the API key: check ASSEMBLYAI_API_KEY.", service="AssemblyAI"
+        )
+    )
     panel = make_panel(transcriber=bad)
     panel.recorder.recording = True
     assert wait_until(lambda: "Key refused by AssemblyAI" in panel.error_text)
@@ -100,8 +105,11 @@ def test_speech_auth_failure_shows_message_stops_recording_and_next_take_works(m
 def test_microphone_denied_shows_message_and_typing_a_prompt_still_generates(make_panel):
     """A denied microphone is one line with the fix; Generate from a typed prompt still works."""
     panel = make_panel(image_count=1)
-    panel.recorder.fail(errors.MicrophonePermissionDenied(
-        "The browser refused the microphone: allow it in the site settings and press Record again."))
+    panel.recorder.fail(
+        errors.MicrophonePermissionDenied(
+            "The browser refused the microphone: allow it in the site settings and press Record again."
+        )
+    )
     assert panel.error_text.startswith("Microphone: The browser refused")
     panel.prompt_text.value = "a red fox"
     panel.generate_button.click()
@@ -206,8 +214,10 @@ def test_real_server_wrong_token_and_server_down_are_lines_and_recording_still_w
 
     server = start_background("noise", token="right-token", wait=True)
     try:
-        panel = make_panel(image_service=None, settings=real_settings(
-            S2I_SERVER_URL=server.url, S2I_SERVER_TOKEN="wrong-token"))
+        panel = make_panel(
+            image_service=None,
+            settings=real_settings(S2I_SERVER_URL=server.url, S2I_SERVER_TOKEN="wrong-token"),
+        )
         panel.generate("a red fox")
         assert panel.wait_idle(30)
         assert panel.error_text.startswith("Key refused by"), panel.error_text
@@ -240,8 +250,9 @@ def test_connect_before_app_makes_the_panel_use_that_server(make_panel):
 
 def test_status_line_shows_embedded_server_loading_progress():
     """While the embedded server loads its engine, the status line shows the progress."""
-    panel = Panel(settings=real_settings(), recorder=FakeRecorder(), transcriber=ScriptedTranscriber(),
-                  start=False)
+    panel = Panel(
+        settings=real_settings(), recorder=FakeRecorder(), transcriber=ScriptedTranscriber(), start=False
+    )
     seen = []
     panel.status_html.observe(lambda c: seen.append(c["new"]), names="value")
     try:

@@ -35,13 +35,19 @@ def test_assemblyai_streaming_fills_transcript_and_generates(make_panel):
     with FakeAssemblyAI(api_key="good-key") as fake:
         panel = make_panel(
             settings=settings(assemblyai_api_key="good-key", assemblyai_streaming_url=fake.url),
-            transcriber=None, image_service=None, hands_free=True, image_count=1,
+            transcriber=None,
+            image_service=None,
+            hands_free=True,
+            image_count=1,
         )
         assert "AssemblyAI" in panel.status_html.value
         panel.recorder.play(FOX, realtime=True, tail_s=1.0)
         assert wait_until(lambda: len(panel.controller.history) == 1, 60), (
-            panel.error_text, panel.controller.transcript.plain_text(), panel.status_html.value,
-            [vars(s) for s in fake.sessions])
+            panel.error_text,
+            panel.controller.transcript.plain_text(),
+            panel.status_html.value,
+            [vars(s) for s in fake.sessions],
+        )
         assert "snow" in panel.prompt_text.value.lower()
         assert panel.wait_idle(30) and len(grid_images(panel)) == 1 and panel.error_text == ""
 
@@ -51,7 +57,9 @@ def test_assemblyai_refused_key_is_one_line_and_typing_still_generates(make_pane
     with FakeAssemblyAI(api_key="good-key") as fake:
         panel = make_panel(
             settings=settings(assemblyai_api_key="bad-key", assemblyai_streaming_url=fake.url),
-            transcriber=None, image_service=None, image_count=1,
+            transcriber=None,
+            image_service=None,
+            image_count=1,
         )
         panel.recorder.play(FOX, realtime=False)
         assert wait_until(lambda: "AssemblyAI" in panel.error_text, 20), panel.error_text
@@ -66,8 +74,9 @@ def test_assemblyai_refused_key_is_one_line_and_typing_still_generates(make_pane
 
 def test_whisper_hands_free_speech_becomes_transcript_prompt_and_images(make_panel):
     """Local Whisper + embedded server, hands-free: speaking the clip draws it with no click."""
-    panel = make_panel(settings=settings(), transcriber=None, image_service=None, hands_free=True,
-                       image_count=2)
+    panel = make_panel(
+        settings=settings(), transcriber=None, image_service=None, hands_free=True, image_count=2
+    )
     assert "local Whisper (model)" in panel.status_html.value
     panel.recorder.play(FOX)
     assert wait_until(lambda: len(panel.controller.history) == 1, 60), panel.error_text
