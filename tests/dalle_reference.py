@@ -7,10 +7,10 @@ count, cuDNN flags); :func:`import_min_dalle` restores them right after the impo
 
 Run as ``python -m tests.dalle_reference MODEL_DIR VARIANT PROMPT SEED PIXELS`` (from the repository
 root), it runs min-dalle's own generation loop in a process of its own, with one torch thread,
-prints each image token as it is sampled (``token <index> <id>``) and saves its pixels to
-``PIXELS``: :class:`ReferenceProcess` runs it beside our engine, so that the two full-size
-generations overlap on a 2-core machine and a differing token fails the test as soon as both
-sides have produced it.
+prints each image token as it is sampled (``token <index> <id>``) and saves its tokens and
+pixels (None for a checkpoint with a narrow VQGAN) to ``PIXELS``. :class:`ReferenceProcess` runs
+it beside our engine, so that the two full-size generations overlap on a 2-core machine and a
+differing token fails the test as soon as both sides have produced it.
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # this process only
-    m = build_min_dalle(args.model_dir, VARIANTS[args.variant])
+    config = VARIANTS[args.variant]
+    m = build_min_dalle(args.model_dir, config, with_vqgan=config.vqgan_width_divisor == 1)
     sample_tokens = m.decoder.sample_tokens
     sampled = 0
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
 
     m.decoder.sample_tokens = reporting_sample_tokens  # min-dalle's loop itself is unchanged
     tokens, pixels = min_dalle_tokens_and_pixels(m, args.prompt, args.seed)
-    torch.save({"tokens": tokens.clone(), "pixels": pixels.clone()}, args.pixels)
+    torch.save({"tokens": tokens.clone(), "pixels": None if pixels is None else pixels.clone()}, args.pixels)
     print("done", flush=True)
 
 

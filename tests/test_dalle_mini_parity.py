@@ -14,6 +14,7 @@ checkpoints carry a narrow VQGAN and compare the tokens.
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -82,6 +83,24 @@ def test_mega_shaped_tiny_matches_min_dalle(tmp_path):
     """Mega-shaped tiny model (mega file names and vocabularies, 16415 image logits): same tokens."""
     directory = save_random_checkpoint(tmp_path, "mega-tiny", seed=2)
     assert_same(*compare(directory, "mega-tiny", {"temperature": 2.0}, is_mega=True))
+
+
+def test_reference_process_stops_at_the_first_differing_token(tmp_path):
+    """The full-size test's harness can fail: min-dalle in a child process, ours with another seed,
+    and the comparison stops at the first token that differs."""
+    directory = save_random_checkpoint(tmp_path / "tiny", "tiny", seed=5)
+    reference = ReferenceProcess(directory, "tiny", PROMPT, SEED, tmp_path / "reference.pt")
+    try:
+        ours = DalleMiniEngine(model_dir=directory, device="cpu", preview_budget=math.inf)
+        ours.load()
+        same = ours.sample_image_tokens([PROMPT], [SEED])[0]
+        other = ours.sample_image_tokens([PROMPT], [SEED + 1])[0]
+        first_difference = int((same != other).nonzero()[0])
+        with pytest.raises(AssertionError, match=rf"token {first_difference}: ours \d+, min-dalle's \d+"):
+            reference.finish(other, timeout=120)
+        assert len(reference.tokens) == first_difference + 1 < 256
+    finally:
+        reference.stop()
 
 
 @pytest.mark.slow
