@@ -172,6 +172,20 @@ def test_previews_every_32_tokens(tiny_dir):
     assert engine.last_previews.shown == 7 and engine.last_previews.skipped == 0
 
 
+def test_bf16_previews_look_like_the_fp32_picture(engine):
+    """A preview decoded under bf16 autocast (chosen where it measures faster) is close to the fp32
+    picture; final pictures stay fp32."""
+    tokens = engine.sample_image_tokens(["a red fox"], [3])
+    final = pixels(engine.to_images(tokens)[0])
+    chosen = engine._preview_in_bf16
+    try:
+        engine._preview_in_bf16 = True
+        preview = pixels(engine._preview_image(tokens))
+    finally:
+        engine._preview_in_bf16 = chosen
+    assert np.abs(preview - final).mean() < 4 and np.array_equal(pixels(engine.to_images(tokens)[0]), final)
+
+
 def test_lazy_previews_decode_each_image_once():
     """LazyPreviews decodes an image on first read only, from a copy of the tokens."""
     tokens = torch.arange(6).reshape(3, 2)
