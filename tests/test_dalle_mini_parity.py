@@ -28,6 +28,9 @@ from .dalle_reference import ReferenceProcess, build_min_dalle, min_dalle_tokens
 PROMPT = "a red fox sitting in the snow"
 SEED = 1234567
 
+#: these engines make no previews; an unlimited preview budget skips the load-time preview timing
+PREVIEW_BUDGET = math.inf
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -41,7 +44,9 @@ def one_thread():
 def compare(model_dir, variant, options, *, is_mega=False):
     config = VARIANTS[variant]
     with_vqgan = config.vqgan_width_divisor == 1
-    ours = DalleMiniEngine(is_mega, model_dir=model_dir, device="cpu", dtype="fp32")
+    ours = DalleMiniEngine(
+        is_mega, model_dir=model_dir, device="cpu", dtype="fp32", preview_budget=PREVIEW_BUDGET
+    )
     ours.load()
     started = time.perf_counter()
     our_tokens = ours.sample_image_tokens([PROMPT], [SEED], options)[0]
@@ -91,7 +96,7 @@ def test_reference_process_stops_at_the_first_differing_token(tmp_path):
     directory = save_random_checkpoint(tmp_path / "tiny", "tiny", seed=5)
     reference = ReferenceProcess(directory, "tiny", PROMPT, SEED, tmp_path / "reference.pt")
     try:
-        ours = DalleMiniEngine(model_dir=directory, device="cpu", preview_budget=math.inf)
+        ours = DalleMiniEngine(model_dir=directory, device="cpu", preview_budget=PREVIEW_BUDGET)
         ours.load()
         same = ours.sample_image_tokens([PROMPT], [SEED])[0]
         other = ours.sample_image_tokens([PROMPT], [SEED + 1])[0]
@@ -116,7 +121,7 @@ def test_full_size_mini_matches_min_dalle(tmp_path):
     saved = time.perf_counter()
     reference = ReferenceProcess(directory, "mini", PROMPT, SEED, tmp_path / "reference.pt")
     try:
-        ours = DalleMiniEngine(model_dir=directory, device="cpu", dtype="fp32")
+        ours = DalleMiniEngine(model_dir=directory, device="cpu", dtype="fp32", preview_budget=PREVIEW_BUDGET)
         ours.load()
         our_tokens = ours.sample_image_tokens(
             [PROMPT], [SEED], on_tokens=lambda step, tokens: reference.assert_agrees(tokens[0, :step])
