@@ -325,7 +325,7 @@ class DalleMiniEngine(Engine):
         """Seconds of one preview image on this device (also warms the VQGAN up).
 
         Previews need not match the final picture to the last bit, so where bf16 autocast decodes
-        faster (CPUs with bf16 instructions: 2.2 s instead of 3.8 s per image measured on the
+        faster (CPUs with bf16 instructions: 1.5-2.2 s instead of 3.2-3.8 s per image measured on the
         2-core test machine) previews use it; final pictures always decode in fp32.
         """
         import torch
