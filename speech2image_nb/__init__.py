@@ -5,10 +5,9 @@ The public API lives here; each name is imported from its module on first use, s
 no global settings changed).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 __version__ = "0.1.0"
 
@@ -32,7 +31,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted([*_LAZY, "__version__"])
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from .audio import decode_audio
     from .config import Secret, Settings
     from .errors import Speech2ImageError
@@ -44,11 +43,11 @@ if TYPE_CHECKING:
     from .ui.panel import Panel, app
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'speech2image_nb' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 

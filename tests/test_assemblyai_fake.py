@@ -32,7 +32,7 @@ from speech2image_nb.speech.assemblyai import AssemblyAITranscriber, create_temp
 from speech2image_nb.speech.base import TranscriptEvent
 from tests.conftest import DATA_DIR, TIME_FACTOR
 from tests.fakes.assemblyai import FakeAssemblyAI
-from tests.wer import corpus_wer, wer
+from tests.wer import assert_wer_bounds, corpus_wer, wer
 
 KEY = "fake-key"
 
@@ -144,12 +144,12 @@ def test_piper_fixtures_transcribe_through_our_client(fake, speech_fixtures, cap
             f"\nfake AssemblyAI (Whisper tiny.en) piper WER: corpus {corpus_wer(pairs):.3f}, "
             f"per fixture {[round(s, 2) for s in scores]}"
         )
-    for (ref, hyp), score in zip(pairs, scores, strict=True):
-        assert hyp, f"no transcript for {ref!r}"
-        assert score <= 0.45, (ref, hyp)
-    # tiny.en mishears a few piper words ("a white house" for "a lighthouse"): 15 % per fixture is out
-    # of its reach on these clips (measured 0-43 %), so the bound is on the whole set.
-    assert corpus_wer(pairs) <= 0.25
+    assert all(hyp for _, hyp in pairs), pairs
+    # Measured: 0.103 over the set; "a castle made of ice" 50 % (as when decoded directly) and "a
+    # lighthouse" 29 %: the fake decodes from 0.2 s before the speech, and tiny.en hears "a like
+    # house" when the clip starts 0.10-0.15 s earlier or later (0 % at 0, 0.05, 0.2 s). 15 % on every
+    # clip is out of tiny.en's reach; at most three clips may miss it (two do).
+    assert_wer_bounds(pairs, corpus=0.15, over_15=3, worst=0.5)
     assert all(run.events[-1][1].is_formatted for run in runs)
 
 
@@ -228,7 +228,9 @@ def test_force_endpoint_mid_stream_ends_the_turn_while_audio_continues(fake):
     timer = threading.Timer(1.6, client.force_endpoint)  # like a Stop button on the kernel's main thread
     timer.start()
     try:
-        run = asyncio.run(stream_pcm(client, load_pcm("piper_08.wav")))
+        # a second of trailing silence: the first final must beat the end of the audio even on a busy CPU
+        pcm = np.concatenate([load_pcm("piper_08.wav"), np.zeros(int(TIME_FACTOR * 16_000), np.int16)])
+        run = asyncio.run(stream_pcm(client, pcm))
     finally:
         timer.cancel()
     received = fake.sessions[-1].received

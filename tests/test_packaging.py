@@ -35,3 +35,21 @@ def test_environment_yml_has_every_runtime_requirement():
             have.add(_name(dep))
     missing = sorted(n for n in wanted if CONDA_NAME.get(n, n) not in have)
     assert missing == []
+
+
+def test_public_api_is_exactly_all_and_every_name_resolves():
+    """__all__ lists the public names, and each one imports (lazily) from its module."""
+    import types
+
+    import speech2image_nb
+
+    public = {
+        name
+        for name in dir(speech2image_nb)
+        if not name.startswith("_") and not isinstance(getattr(speech2image_nb, name), types.ModuleType)
+    } | {"__version__"}
+    assert set(speech2image_nb.__all__) == public
+    for name in speech2image_nb.__all__:
+        assert getattr(speech2image_nb, name) is not None, name
+    assert callable(speech2image_nb.app) and callable(speech2image_nb.transcribe)
+    assert issubclass(speech2image_nb.Speech2ImageError, Exception)

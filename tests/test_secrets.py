@@ -76,6 +76,40 @@ def flow_image_server() -> None:
 FLOWS: list[Callable[[], None]] = [flow_settings, flow_image_server]
 
 
+def flow_panel() -> None:
+    """The panel with a refused key and a refused token: its widgets, logs and errors stay clean."""
+    import time
+
+    from speech2image_nb.server import start_background
+    from speech2image_nb.ui.panel import Panel
+    from tests.fakes.assemblyai import FakeAssemblyAI
+    from tests.ui.fakes import FakeRecorder
+
+    server = start_background("noise", token="another-token", wait=True)
+    try:
+        with FakeAssemblyAI(api_key="another-key") as fake:
+            env = {**ENV, "S2I_SERVER_URL": server.url, "ASSEMBLYAI_STREAMING_URL": fake.url}
+            panel = Panel(settings=Settings.resolve(environ=env, colab_secret=lambda n: None),
+                          recorder=FakeRecorder())
+            try:
+                panel.wait_ready(30)
+                panel.recorder.play("tests/data/piper_01.wav")
+                deadline = time.monotonic() + 20
+                while "AssemblyAI" not in panel.error_text and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                print(panel.error_html.value, panel.status_html.value, repr(panel), panel.settings)
+                panel.generate("a red fox")
+                panel.wait_idle(30)
+                print(panel.error_html.value, panel.status_html.value, panel.transcript_html.value)
+            finally:
+                panel.close()
+    finally:
+        server.stop()
+
+
+FLOWS.append(flow_panel)
+
+
 def assert_no_secret(text: str) -> None:
     for secret in SECRETS:
         assert secret not in text, "a secret leaked into the output"

@@ -32,3 +32,11 @@ def corpus_wer(pairs: list[tuple[str, str]]) -> float:
     """Total word errors over total reference words, for (reference, hypothesis) pairs."""
     words = sum(len(normalize(ref)) for ref, _ in pairs)
     return sum(word_errors(ref, hyp) for ref, hyp in pairs) / max(1, words)
+
+
+def assert_wer_bounds(pairs: list[tuple[str, str]], *, corpus: float, over_15: int, worst: float) -> None:
+    """Fail unless the set's WER is <= ``corpus``, <= ``over_15`` clips exceed 15 %, none ``worst``."""
+    scores = [wer(ref, hyp) for ref, hyp in pairs]
+    assert corpus_wer(pairs) <= corpus, pairs
+    assert sum(score > 0.15 for score in scores) <= over_15, pairs
+    assert max(scores, default=0.0) <= worst, pairs

@@ -43,7 +43,9 @@ __all__ = [
     "QueuedEvent",
     "SSEParser",
     "connect",
+    "connected_client",
     "decode_image",
+    "default_client",
     "generate",
     "normalize_url",
     "parse_images_body",
@@ -568,6 +570,12 @@ def connect(url: str, token: str | Secret | None = None, **kwargs: Any) -> Image
     with _default_lock:
         _default_client = client
     return client
+
+
+def connected_client() -> ImageClient | None:
+    """The client :func:`connect` set, or ``None``: never starts anything."""
+    with _default_lock:
+        return _default_client
 
 
 def default_client() -> ImageClient:

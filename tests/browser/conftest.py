@@ -22,9 +22,13 @@ import pytest
 from .harness import JupyterServer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Any]:
-    """The synchronous Playwright driver (Debian Chromium is launched per test or module)."""
+    """The synchronous Playwright driver (Debian Chromium is launched per test or module).
+
+    Module scope, not session: while the sync driver is open, the main thread counts as running
+    an event loop, so ``asyncio.run`` in any later test module would fail.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
