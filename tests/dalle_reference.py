@@ -264,13 +264,18 @@ class ReferenceProcess:
         return True
 
     def assert_agrees(self, our_tokens: Any) -> None:
-        """Check the tokens both sides have produced so far (does not wait)."""
-        while self._take(None):
-            pass
-        ours = [int(t) for t in our_tokens[: len(self.tokens)]]
-        theirs = self.tokens[: len(ours)]
-        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            assert a == b, f"token {index}: ours {a}, min-dalle's {b}"
+        """Check the tokens both sides have produced so far, one line of the child at a time, so
+        that a failure comes at the first differing token (does not wait for the child)."""
+        ours = [int(t) for t in our_tokens]
+        checked = 0
+        while True:
+            common = min(len(ours), len(self.tokens))
+            for index in range(checked, common):
+                a, b = ours[index], self.tokens[index]
+                assert a == b, f"token {index}: ours {a}, min-dalle's {b}"
+            checked = max(checked, common)
+            if not self._take(None):
+                break
 
     def finish(self, our_tokens: Any, *, timeout: float) -> dict[str, Any]:
         """Compare each further token as it arrives, then return the child's tokens and pixels."""
