@@ -250,8 +250,8 @@ def test_cpu_previews_cost_at_most_their_budget(tiny_dir, budget):
     assert ratio <= 1 + share * 1.5 + 0.1
     for report in reports:
         assert report.shown + report.skipped == 7
-        assert report.preview_seconds <= share * 1.5 * report.sampling_seconds
-    if budget == 1.0:  # a preview costs about half the sampling time of this tiny model on CPU
+        assert report.preview_seconds <= share * 2 * report.sampling_seconds  # one preview may overrun
+    if budget == 1.0:  # a preview costs about a third of the sampling time of this tiny model on CPU
         assert max(r.shown for r in reports) >= 1 and max(r.skipped for r in reports) >= 1
 
 

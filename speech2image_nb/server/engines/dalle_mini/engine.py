@@ -195,7 +195,8 @@ class DalleMiniEngine(Engine):
         largest ratio of preview time to sampling time, measured while generating: a preview due
         every 32 tokens is decoded only if it fits (``math.inf``: always). ``None`` means
         unlimited on CUDA (a decode takes milliseconds) and 0.2 on CPU (it takes seconds there);
-        a finite budget times one VQGAN decode during :meth:`load`, as the first estimate.
+        a finite budget times one VQGAN decode during :meth:`load`, as the first estimate, then
+        each shown preview and each final decode refresh it.
     """
 
     option_names = frozenset(DEFAULT_OPTIONS)
@@ -247,8 +248,10 @@ class DalleMiniEngine(Engine):
         self.preview_budget = float(preview_budget)
         #: seconds of one preview image (measured), and images the consumer read per preview
         self._preview_image_seconds = 0.0
-        #: decode previews under bf16 autocast (chosen at load where it measured faster)
+        #: decode previews under bf16 autocast (chosen at load where it measured faster), and
+        #: the measured ratio of a preview decode to a final (fp32) one
         self._preview_in_bf16 = False
+        self._preview_to_final = 1.0
         self._images_per_preview: int | None = None
         #: previews of the last batch generated with ``on_progress``
         self.last_previews: PreviewReport | None = None
@@ -339,6 +342,7 @@ class DalleMiniEngine(Engine):
             timings[in_bf16] = time.perf_counter() - started
         self._preview_in_bf16 = timings[True] < 0.8 * timings[False]
         seconds = timings[self._preview_in_bf16]
+        self._preview_to_final = seconds / timings[False]
         log.debug(
             "%s on %s: a preview image takes %.3f s in fp32, %.3f s in bf16",
             self.name,
@@ -538,8 +542,12 @@ class DalleMiniEngine(Engine):
                         dict(zip(("temperature", "top_k", "supercondition_factor"), options, strict=True)),
                         on_tokens=on_tokens,
                     )
+                    started = time.perf_counter()
                     for job, image in zip(chunk, self.to_images(tokens), strict=True):
                         by_job[id(job)] = image
+                    if on_tokens is not None:  # the final decode refreshes the preview estimate
+                        final = (time.perf_counter() - started) / len(chunk)
+                        self._preview_image_seconds = final * self._preview_to_final
                 except (RuntimeError, MemoryError) as exc:
                     raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
         if on_progress is not None:
@@ -554,7 +562,7 @@ class DalleMiniEngine(Engine):
         (lazily decoded) preview when the pacer finds it affordable."""
         from .previews import LazyPreviews, PreviewPacer
 
-        per_preview = self._images_per_preview if self._images_per_preview is not None else image_count
+        per_preview = self._images_per_preview if self._images_per_preview is not None else 1
         pacer = PreviewPacer(self.preview_budget, self._preview_image_seconds * min(per_preview, image_count))
 
         def on_tokens(step: int, tokens: torch.Tensor) -> None:
