@@ -4,11 +4,25 @@
 the attributes its generation loop reads, with its three modules built directly (as the design
 notes describe). Importing ``min_dalle`` changes process-wide torch settings (autograd off, thread
 count, cuDNN flags); :func:`import_min_dalle` restores them right after the import.
+
+Run as ``python -m tests.dalle_reference MODEL_DIR VARIANT PROMPT SEED PIXELS`` (from the repository
+root), it runs min-dalle's own generation loop in a process of its own, with one torch thread,
+prints each image token as it is sampled (``token <index> <id>``) and saves its tokens and
+pixels (None for a checkpoint with a narrow VQGAN) to ``PIXELS``. :class:`ReferenceProcess` runs
+it beside our engine, so that the two full-size generations overlap on a 2-core machine and a
+differing token fails the test as soon as both sides have produced it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -151,3 +165,133 @@ def min_dalle_first_tokens(m: Any, prompt: str, seed: int, token_count: int, **o
                 token_index=token_indices[[i]],
             )
     return image_tokens[0, 1:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the reference process (see the module docstring)."""
+    from speech2image_nb.server.engines.dalle_mini.config import VARIANTS
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("prompt")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("pixels", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # this process only
+    config = VARIANTS[args.variant]
+    m = build_min_dalle(args.model_dir, config, with_vqgan=config.vqgan_width_divisor == 1)
+    sample_tokens = m.decoder.sample_tokens
+    sampled = 0
+
+    def reporting_sample_tokens(*a: Any, **kw: Any) -> Any:
+        nonlocal sampled
+        tokens, state = sample_tokens(*a, **kw)
+        print(f"token {sampled} {int(tokens[0])}", flush=True)
+        sampled += 1
+        return tokens, state
+
+    m.decoder.sample_tokens = reporting_sample_tokens  # min-dalle's loop itself is unchanged
+    tokens, pixels = min_dalle_tokens_and_pixels(m, args.prompt, args.seed)
+    torch.save({"tokens": tokens.clone(), "pixels": None if pixels is None else pixels.clone()}, args.pixels)
+    print("done", flush=True)
+
+
+class ReferenceProcess:
+    """min-dalle's generation of one image in a child process, its tokens read as they come.
+
+    Parameters
+    ----------
+    model_dir, variant, prompt, seed
+        what to generate (min-dalle's default options).
+    pixels_path
+        file the child saves its tokens and pixels to.
+    """
+
+    def __init__(self, model_dir: Path, variant: str, prompt: str, seed: int, pixels_path: Path) -> None:
+        root = Path(__file__).resolve().parents[1]
+        self.pixels_path = pixels_path
+        self.tokens: list[int] = []
+        self.done = False
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._errors: list[str] = []
+        arguments = [str(model_dir), variant, prompt, str(seed), str(pixels_path)]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.dalle_reference", *arguments],
+            cwd=root,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+        self._lines.put(None)
+
+    def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._errors.append(line)
+
+    def _take(self, timeout: float | None) -> bool:
+        """Read one line of the child (waiting up to ``timeout``; None: only if one is there).
+
+        Returns False when there was nothing to read or the child has ended.
+        """
+        if self.done:
+            return False
+        try:
+            line = self._lines.get(timeout=timeout) if timeout else self._lines.get_nowait()
+        except queue.Empty:
+            return False
+        if line is None:
+            self.done = True
+            code = self.process.wait(timeout=60)
+            if code != 0:
+                errors = "".join(self._errors[-30:])
+                raise AssertionError(f"min-dalle's reference process failed ({code}):\n{errors}")
+            return False
+        if line.startswith("token "):
+            index, token = map(int, line.split()[1:])
+            assert index == len(self.tokens)
+            self.tokens.append(token)
+        return True
+
+    def assert_agrees(self, our_tokens: Any) -> None:
+        """Check the tokens both sides have produced so far, one line of the child at a time, so
+        that a failure comes at the first differing token (does not wait for the child)."""
+        ours = [int(t) for t in our_tokens]
+        checked = 0
+        while True:
+            common = min(len(ours), len(self.tokens))
+            for index in range(checked, common):
+                a, b = ours[index], self.tokens[index]
+                assert a == b, f"token {index}: ours {a}, min-dalle's {b}"
+            checked = max(checked, common)
+            if not self._take(None):
+                break
+
+    def finish(self, our_tokens: Any, *, timeout: float) -> dict[str, Any]:
+        """Compare each further token as it arrives, then return the child's tokens and pixels."""
+        deadline = time.monotonic() + timeout
+        while not self.done and time.monotonic() < deadline:
+            self._take(deadline - time.monotonic())
+            self.assert_agrees(our_tokens)
+        assert self.done, f"min-dalle's reference process did not finish within {timeout} s"
+        return torch.load(self.pixels_path, weights_only=True)
+
+    def stop(self) -> None:
+        """End the child if it still runs (after a failure)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from speech2image_nb.errors import ModelNotAvailable
 from speech2image_nb.server.engines.base import ImageJob
 from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine, save_random_checkpoint
+from speech2image_nb.server.engines.dalle_mini.previews import LazyPreviews, PreviewPacer
 from speech2image_nb.server.engines.dalle_mini.sampler import HashNoise
 
 
@@ -150,16 +152,107 @@ def test_hash_noise_is_exponential():
     assert torch.equal(a, noise(torch.tensor([0])))
 
 
-def test_previews_every_32_tokens(engine):
-    """on_progress gets 7 previews (one image per job) at 32..224 tokens, then (256, 256, None)."""
+def test_previews_every_32_tokens(tiny_dir):
+    """Unlimited preview budget (the CUDA default): 7 previews (one image per job) at 32..224 tokens,
+    then (256, 256, None); an image is decoded only when read."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", preview_budget=math.inf)
+    engine.load()
     calls = []
-    engine.generate(
-        [ImageJob("a fox", 1, 0), ImageJob("a fox", 1, 1)],
-        on_progress=lambda step, total, previews: calls.append((step, total, previews)),
-    )
+
+    def on_progress(step, total, previews):
+        calls.append((step, total, previews))
+        if previews is not None:
+            assert previews.decoded == 0
+            assert previews[1].size == (256, 256) and previews.decoded == 1
+
+    engine.generate([ImageJob("a fox", 1, 0), ImageJob("a fox", 1, 1)], on_progress=on_progress)
     assert [(s, t) for s, t, _ in calls] == [(32 * i, 256) for i in range(1, 9)]
     assert all(len(p) == 2 and p[0].size == (256, 256) for _, _, p in calls[:-1])
     assert calls[-1][2] is None
+    assert engine.last_previews.shown == 7 and engine.last_previews.skipped == 0
+
+
+def test_bf16_previews_look_like_the_fp32_picture(engine):
+    """A preview decoded under bf16 autocast (chosen where it measures faster) is close to the fp32
+    picture; final pictures stay fp32."""
+    tokens = engine.sample_image_tokens(["a red fox"], [3])
+    final = pixels(engine.to_images(tokens)[0])
+    chosen = engine._preview_in_bf16
+    try:
+        engine._preview_in_bf16 = True
+        preview = pixels(engine._preview_image(tokens))
+    finally:
+        engine._preview_in_bf16 = chosen
+    assert np.abs(preview - final).mean() < 4 and np.array_equal(pixels(engine.to_images(tokens)[0]), final)
+
+
+def test_lazy_previews_decode_each_image_once():
+    """LazyPreviews decodes an image on first read only, from a copy of the tokens."""
+    tokens = torch.arange(6).reshape(3, 2)
+    seen = []
+    previews = LazyPreviews(tokens, lambda t: seen.append(t.tolist()) or t.sum().item())
+    tokens.zero_()  # the generation goes on writing its buffer
+    assert previews[2] == 9 and previews[2] == 9 and previews[-3] == 1
+    assert seen == [[[4, 5]], [[0, 1]]] and previews.decoded == 2
+    assert list(previews) == [1, 5, 9] and previews[0:2] == [1, 5] and previews.decoded == 3
+
+
+def test_preview_pacer_keeps_previews_within_budget():
+    """With a clock: 32 tokens take 1 s, a preview 0.5 s, budget 0.2: previews are spread out and
+    their time never exceeds a fifth of the sampling time."""
+    now = [0.0]
+    pacer = PreviewPacer(0.2, 0.5, clock=lambda: now[0])
+    shown_at = []
+    for step in range(32, 256, 32):
+        now[0] += 1.0  # 32 decoder steps
+        if pacer.allows():
+            now[0] += 0.5
+            pacer.record(0.5)
+            shown_at.append(step)
+        assert pacer.spent <= 0.2 * pacer.sampling_seconds()
+    assert shown_at == [96, 160] and (pacer.shown, pacer.skipped) == (2, 5)
+    assert PreviewPacer(math.inf, 99.0, clock=lambda: 0.0).allows()
+
+
+def time_generation(engine, jobs, *, previews):
+    calls = []
+
+    def on_progress(step, total, images):
+        calls.append(step)
+        if images is not None:
+            images[0]  # what the server reads: the first image of each request
+
+    started = time.perf_counter()
+    images = engine.generate(jobs, on_progress=on_progress if previews else None)
+    return time.perf_counter() - started, images, calls
+
+
+@pytest.mark.parametrize("budget", [None, 1.0])
+def test_cpu_previews_cost_at_most_their_budget(tiny_dir, budget):
+    """On CPU (default budget 0.2, and 1.0): same pictures with and without previews, progress every
+    32 tokens, and previews add at most the budget (best of 3 alternating runs, with slack)."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", preview_budget=budget)
+    engine.load()
+    share = 0.2 if budget is None else budget
+    jobs = [ImageJob("a red fox", 11, 0), ImageJob("a red fox", 11, 1)]
+    engine.generate(jobs)  # warm-up
+    off, on, reports = [], [], []
+    for _ in range(3):
+        seconds, plain, _ = time_generation(engine, jobs, previews=False)
+        off.append(seconds)
+        seconds, streamed, steps = time_generation(engine, jobs, previews=True)
+        on.append(seconds)
+        reports.append(engine.last_previews)
+        assert steps == [32 * i for i in range(1, 9)]
+        assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, streamed, strict=True))
+    ratio = min(on) / min(off)
+    print(f"budget {share}: off {min(off):.3f} s, on {min(on):.3f} s, ratio {ratio:.2f}, {reports}")
+    assert ratio <= 1 + share * 1.5 + 0.1
+    for report in reports:
+        assert report.shown + report.skipped == 7
+        assert report.preview_seconds <= share * 2 * report.sampling_seconds  # one preview may overrun
+    if budget == 1.0:  # a preview costs about a third of the sampling time of this tiny model on CPU
+        assert max(r.shown for r in reports) >= 1 and max(r.skipped for r in reports) >= 1
 
 
 def test_options_change_the_picture_and_mixed_options_are_grouped(engine):

@@ -5,13 +5,19 @@ unconditioned ``<s></s>`` and the prompt), compute every layer's cross-attention
 once, then run 256 decoder steps over static buffers. On CUDA one step, sampling included, is
 captured as a CUDA graph and replayed: the loop then issues no Python-side work per kernel and
 never waits for the GPU, except every 32 steps when previews are asked for.
+
+Previews (a VQGAN decode of the tokens so far) are offered every 32 tokens; how many are decoded
+follows a time budget measured at run time (:mod:`.previews`): all of them on a GPU, as many as
+keep them within 20% of the sampling time on a CPU, where one decode costs seconds.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,14 +36,16 @@ if TYPE_CHECKING:
     from .encoder import DalleBartEncoder
     from .tokenizer import TextTokenizer
 
-__all__ = ["DEFAULT_OPTIONS", "DalleMiniEngine", "DalleOptions"]
+__all__ = ["DEFAULT_OPTIONS", "DalleMiniEngine", "DalleOptions", "PreviewReport"]
 
 log = logging.getLogger(__name__)
 
 #: min-dalle's defaults
 DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 1.0, "top_k": 256, "supercondition_factor": 16.0}
-#: tokens between two previews
+#: tokens between two preview points (progress is reported at each; a preview image when affordable)
 PREVIEW_EVERY = 32
+#: on CPU, the largest ratio of preview time to sampling time (a VQGAN decode takes seconds there)
+CPU_PREVIEW_BUDGET = 0.2
 #: CUDA graphs kept (one per batch size and top_k); each holds its own KV cache
 GRAPH_CACHE_SIZE = 3
 
@@ -62,6 +70,16 @@ def _number(options: Mapping[str, Any], field: str, low: float, high: float, *, 
     if not (low <= value <= high) or (not integer and not math.isfinite(value)):
         raise ValueError(f"{field} must be {kind} between {low} and {high}, not {value}")
     return int(value) if integer else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviewReport:
+    """How previews went in the last :meth:`DalleMiniEngine.generate` batch that asked for them."""
+
+    shown: int
+    skipped: int
+    preview_seconds: float
+    sampling_seconds: float
 
 
 class _Generation:
@@ -173,6 +191,12 @@ class DalleMiniEngine(Engine):
         ``"generator"``: a ``torch.Generator`` per image (min-dalle's exact draws; the CPU default);
         ``"hash"``: counter-based noise that a CUDA graph can replay (the CUDA default). The same
         seed gives different pictures with the two, and each is the same alone or in a batch.
+    preview_budget
+        largest ratio of preview time to sampling time, measured while generating: a preview due
+        every 32 tokens is decoded only if it fits (``math.inf``: always). ``None`` means
+        unlimited on CUDA (a decode takes milliseconds) and 0.2 on CPU (it takes seconds there);
+        a finite budget times one VQGAN decode during :meth:`load`, as the first estimate, then
+        each shown preview and each final decode refresh it.
     """
 
     option_names = frozenset(DEFAULT_OPTIONS)
@@ -189,6 +213,7 @@ class DalleMiniEngine(Engine):
         max_batch: int | None = None,
         use_cuda_graphs: bool = True,
         noise: str | None = None,
+        preview_budget: float | None = None,
     ) -> None:
         import torch
 
@@ -216,6 +241,20 @@ class DalleMiniEngine(Engine):
         self.noise = noise if noise is not None else ("hash" if is_cuda else "generator")
         if self.noise not in ("generator", "hash"):
             raise ValueError(f"noise must be 'generator' or 'hash', not {noise!r}")
+        if preview_budget is None:
+            preview_budget = math.inf if is_cuda else CPU_PREVIEW_BUDGET
+        if not preview_budget >= 0:
+            raise ValueError(f"preview_budget must be a number >= 0, not {preview_budget!r}")
+        self.preview_budget = float(preview_budget)
+        #: seconds of one preview image (measured), and images the consumer read per preview
+        self._preview_image_seconds = 0.0
+        #: decode previews under bf16 autocast (chosen at load where it measured faster), and
+        #: the measured ratio of a preview decode to a final (fp32) one
+        self._preview_in_bf16 = False
+        self._preview_to_final = 1.0
+        self._images_per_preview: int | None = None
+        #: previews of the last batch generated with ``on_progress``
+        self.last_previews: PreviewReport | None = None
         self.config: DalleConfig | None = None
         self.tokenizer: TextTokenizer | None = None
         self.encoder: DalleBartEncoder | None = None
@@ -279,9 +318,53 @@ class DalleMiniEngine(Engine):
         self.decoder = modules["decoder"]  # type: ignore[assignment]
         self.detokenizer = modules["detokenizer"]  # type: ignore[assignment]
         self._generations.clear()
+        if math.isfinite(self.preview_budget):
+            self._preview_image_seconds = self._time_preview()
         if progress is not None:
             progress(1.0, f"{self.name} ready on {self.device}")
         log.info("%s loaded on %s (%s)", self.name, self.device, self.dtype_name)
+
+    def _time_preview(self) -> float:
+        """Seconds of one preview image on this device (also warms the VQGAN up).
+
+        Previews need not match the final picture to the last bit, so where bf16 autocast decodes
+        faster (CPUs with bf16 instructions: 1.5-2.2 s instead of 3.2-3.8 s per image measured on the
+        2-core test machine) previews use it; final pictures always decode in fp32.
+        """
+        import torch
+
+        tokens = torch.full((1, IMAGE_TOKEN_COUNT), START_TOKEN, dtype=torch.long)
+        timings = {}
+        for in_bf16 in (False, True):
+            self._preview_in_bf16 = in_bf16
+            started = time.perf_counter()
+            self._preview_image(tokens)
+            timings[in_bf16] = time.perf_counter() - started
+        self._preview_in_bf16 = timings[True] < 0.8 * timings[False]
+        seconds = timings[self._preview_in_bf16]
+        self._preview_to_final = seconds / timings[False]
+        log.debug(
+            "%s on %s: a preview image takes %.3f s in fp32, %.3f s in bf16",
+            self.name,
+            self.device,
+            timings[False],
+            timings[True],
+        )
+        return seconds
+
+    def _preview_image(self, image_tokens: torch.Tensor) -> Image.Image:
+        """A preview picture of tokens ``[1, 256]`` (bf16 autocast where that measured faster)."""
+        import torch
+        from PIL import Image
+
+        *_, detokenizer = self._require_loaded()
+        tokens = image_tokens.to(self._device)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._preview_in_bf16),
+        ):
+            pixels = detokenizer(tokens)[0].float()
+        return Image.fromarray(pixels.to(torch.uint8).cpu().numpy())
 
     # --- options -------------------------------------------------------------------------------
 
@@ -437,7 +520,11 @@ class DalleMiniEngine(Engine):
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
     ) -> list[Image.Image]:
-        """One 256x256 image per job; previews every 32 tokens when ``on_progress`` is given."""
+        """One 256x256 image per job.
+
+        With ``on_progress``: progress every 32 tokens, with previews (decoded when read) as often
+        as ``preview_budget`` allows, then ``(256, 256, None)``.
+        """
         self._require_loaded()
         images: list[Image.Image] = []
         groups: dict[DalleOptions, list[ImageJob]] = {}
@@ -447,26 +534,54 @@ class DalleMiniEngine(Engine):
         for options, group in groups.items():
             for start in range(0, len(group), self.max_batch):
                 chunk = group[start : start + self.max_batch]
-
-                def previews(step: int, tokens: torch.Tensor, chunk: list[ImageJob] = chunk) -> None:
-                    assert on_progress is not None
-                    on_progress(step, IMAGE_TOKEN_COUNT, self.to_images(tokens))
-
+                on_tokens = self._preview_hook(len(chunk), on_progress) if on_progress is not None else None
                 try:
                     tokens = self.sample_image_tokens(
                         [j.prompt for j in chunk],
                         [j.image_seed for j in chunk],
                         dict(zip(("temperature", "top_k", "supercondition_factor"), options, strict=True)),
-                        on_tokens=previews if on_progress is not None else None,
+                        on_tokens=on_tokens,
                     )
+                    started = time.perf_counter()
                     for job, image in zip(chunk, self.to_images(tokens), strict=True):
                         by_job[id(job)] = image
+                    if on_tokens is not None:  # the final decode refreshes the preview estimate
+                        final = (time.perf_counter() - started) / len(chunk)
+                        self._preview_image_seconds = final * self._preview_to_final
                 except (RuntimeError, MemoryError) as exc:
                     raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
         if on_progress is not None:
             on_progress(IMAGE_TOKEN_COUNT, IMAGE_TOKEN_COUNT, None)
         images = [by_job[id(job)] for job in jobs]
         return images
+
+    def _preview_hook(
+        self, image_count: int, on_progress: StepProgress
+    ) -> Callable[[int, torch.Tensor], None]:
+        """The ``on_tokens`` callback of one batch: progress at every preview point, and a
+        (lazily decoded) preview when the pacer finds it affordable."""
+        from .previews import LazyPreviews, PreviewPacer
+
+        per_preview = self._images_per_preview if self._images_per_preview is not None else 1
+        pacer = PreviewPacer(self.preview_budget, self._preview_image_seconds * min(per_preview, image_count))
+
+        def on_tokens(step: int, tokens: torch.Tensor) -> None:
+            if not pacer.allows():
+                on_progress(step, IMAGE_TOKEN_COUNT, None)
+            else:
+                previews = LazyPreviews(tokens, self._preview_image)
+                started = time.perf_counter()
+                on_progress(step, IMAGE_TOKEN_COUNT, previews)
+                seconds = time.perf_counter() - started
+                pacer.record(seconds)
+                self._images_per_preview = previews.decoded
+                if previews.decoded:
+                    self._preview_image_seconds = seconds / previews.decoded
+            self.last_previews = PreviewReport(
+                pacer.shown, pacer.skipped, pacer.spent, pacer.sampling_seconds()
+            )
+
+        return on_tokens
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``GET /``: engine, device, max_batch, dtype."""
