@@ -17,9 +17,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
-__all__ = ["Engine", "ImageJob", "LoadProgress", "StepProgress", "image_seed"]
+__all__ = [
+    "DTYPE_NAMES",
+    "Engine",
+    "ImageJob",
+    "LoadProgress",
+    "StepProgress",
+    "image_seed",
+    "resolve_device_and_dtype",
+]
 
 SEED_MAX = 2**63 - 1
 
@@ -28,6 +37,38 @@ def image_seed(seed: int, index: int) -> int:
     """The seed of image ``index`` of a request with ``seed`` (stable across runs and platforms)."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & SEED_MAX
+
+
+#: accepted spellings of the ``dtype`` argument -> torch dtype name
+DTYPE_NAMES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
+
+
+def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, str]:
+    """The torch device and dtype name an engine runs with.
+
+    ``device=None`` means CUDA when a GPU is visible, else CPU; ``dtype=None`` means float16 on
+    CUDA and float32 on CPU (CPUs have no fast half precision). Raises ValueError naming the bad
+    argument, so the server can tell the user which flag to fix.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
+    name = dtype if dtype is not None else ("fp16" if resolved.type == "cuda" else "fp32")
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of fp32, fp16, bf16, not {dtype!r}")
+    return resolved, DTYPE_NAMES[name]
 
 
 @dataclasses.dataclass(frozen=True)

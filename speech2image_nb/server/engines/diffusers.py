@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, ModelNotAvailable
-from .base import Engine, ImageJob, LoadProgress, StepProgress
+from .base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -41,16 +41,6 @@ _LATENT_RGB = (
     (-0.2829, 0.1762, 0.2721),
     (-0.2120, -0.2616, -0.7177),
 )
-
-_DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
 
 
 def latents_to_preview(latents: torch.Tensor) -> list[Image.Image] | None:
@@ -104,22 +94,13 @@ class DiffusersEngine(Engine):
         default_steps: int | None = None,
         default_guidance_scale: float | None = None,
     ) -> None:
-        import torch
 
         self.model_id = str(model_dir) if model_dir is not None else model_id
         self.is_local = Path(self.model_id).is_dir()
         self.name = Path(self.model_id).name if self.is_local else self.model_id.split("/")[-1]
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._device = torch.device(device)
-        if self._device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
+        self._device, self.dtype_name = resolve_device_and_dtype(device, dtype)
         self.device = str(self._device)
         is_cuda = self._device.type == "cuda"
-        dtype_name = dtype if dtype is not None else ("fp16" if is_cuda else "fp32")
-        if dtype_name not in _DTYPES:
-            raise ValueError(f"dtype must be one of fp32, fp16, bf16, not {dtype!r}")
-        self.dtype_name = _DTYPES[dtype_name]
         self.max_batch = int(max_batch) if max_batch is not None else (8 if is_cuda else 2)
         steps, guidance = TURBO_DEFAULTS if _is_turbo(self.model_id) else CLASSIC_DEFAULTS
         self.defaults = {

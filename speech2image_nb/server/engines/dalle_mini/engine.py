@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ....errors import EngineError, ModelNotAvailable
-from ..base import Engine, ImageJob, LoadProgress, StepProgress
+from ..base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
 from .config import IMAGE_CODEBOOK_COUNT, IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
 from .weights import MIN_DALLE_REVISION, apply_state_dict, load_state_dict, locate_files, read_config
 
@@ -49,15 +49,6 @@ CPU_PREVIEW_BUDGET = 0.2
 #: CUDA graphs kept (one per batch size and top_k); each holds its own KV cache
 GRAPH_CACHE_SIZE = 3
 
-_DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
 
 DalleOptions = tuple[float, int, float]  # (temperature, top_k, supercondition_factor)
 
@@ -222,17 +213,9 @@ class DalleMiniEngine(Engine):
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.revision = revision
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._device = torch.device(device)
-        if self._device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
+        self._device, self.dtype_name = resolve_device_and_dtype(device, dtype)
         self.device = str(self._device)
         is_cuda = self._device.type == "cuda"
-        dtype_name = dtype if dtype is not None else ("fp16" if is_cuda else "fp32")
-        if dtype_name not in _DTYPES:
-            raise ValueError(f"dtype must be one of fp32, fp16, bf16, not {dtype!r}")
-        self.dtype_name = _DTYPES[dtype_name]
         self._dtype = getattr(torch, self.dtype_name)
         self.max_batch = int(max_batch) if max_batch is not None else (16 if is_cuda else 4)
         if self.max_batch < 1:
