@@ -46,3 +46,11 @@ def artifacts_dir() -> Path:
     """Where tests save screenshots and other things a person should look at."""
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_dalle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DALL-E mini checkpoint in min-dalle's file format (for S2I_MODEL_DIR)."""
+    from speech2image_nb.server.engines.dalle_mini import save_random_checkpoint
+
+    return Path(save_random_checkpoint(tmp_path_factory.mktemp("dalle") / "tiny", variant="tiny"))

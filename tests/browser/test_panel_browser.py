@@ -59,12 +59,13 @@ def record_once(page, kernel):
 
 
 @pytest.fixture
-def configured_env(monkeypatch, browser_tmp):
+def configured_env(monkeypatch, browser_tmp, tiny_dalle_dir):
     """The environment the Jupyter server (and so the kernel) starts with."""
     with FakeAssemblyAI(api_key="fake-browser-key", end_silence_ms=500) as fake:
         monkeypatch.setenv("ASSEMBLYAI_API_KEY", "fake-browser-key")
         monkeypatch.setenv("ASSEMBLYAI_STREAMING_URL", fake.url)
-        monkeypatch.setenv("S2I_IMAGE_ENGINE", "noise")
+        monkeypatch.setenv("S2I_IMAGE_ENGINE", "dalle-mini")  # tiny random weights
+        monkeypatch.setenv("S2I_MODEL_DIR", str(tiny_dalle_dir))
         monkeypatch.setenv("S2I_NO_PROMPT", "1")
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.delenv("S2I_SERVER_URL", raising=False)
