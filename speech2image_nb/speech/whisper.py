@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ SAMPLE_RATE_HZ = 16_000
 _MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
 _PAD_MS = 100  # padding the VAD puts around each speech region
 _load_lock = threading.Lock()
+_use_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 
 Audio = npt.NDArray[np.float32]
 
@@ -101,6 +103,20 @@ def _load_cached(path: str, device: str, compute_type: str, cpu_threads: int) ->
 
     _LOG.info("loading Whisper model from %s on %s (%s)", path, device, compute_type)
     return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+
+
+def model_lock(model: Any) -> threading.Lock:
+    """The lock that serialises decoding on one loaded model.
+
+    Models are cached and shared per process (the panel's engine and anything else that loads the
+    same weights), and faster-whisper does not promise that one ``WhisperModel`` decodes safely
+    from two threads at once; its ``transcribe`` is lazy, so hold the lock while consuming it.
+    """
+    with _load_lock:
+        lock = _use_locks.get(model)
+        if lock is None:
+            lock = _use_locks[model] = threading.Lock()
+        return lock
 
 
 def _cuda_available() -> bool:
@@ -207,15 +223,16 @@ class WhisperTranscriber:
     def decode(self, audio: Audio, *, beam_size: int | None = None) -> str:
         """Transcribe float32 16 kHz audio to text (blocking)."""
         model = self.load()
-        segments, _info = model.transcribe(
-            audio,
-            language=self.language,
-            beam_size=beam_size or self.beam_size,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        with model_lock(model):
+            segments, _info = model.transcribe(
+                audio,
+                language=self.language,
+                beam_size=beam_size or self.beam_size,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                vad_filter=False,
+            )
+            return " ".join(segment.text.strip() for segment in segments).strip()
 
     async def transcribe(self, audio: AudioSource | bytes) -> str:
         """Transcribe a whole recording (any format ``decode_audio`` takes)."""

@@ -470,14 +470,18 @@ class FakeAssemblyAI:
             return ""
 
         def run() -> str:
-            segments, _ = self._load().transcribe(
-                audio,
-                language="en",
-                beam_size=beam_size,
-                without_timestamps=True,
-                condition_on_previous_text=False,
-            )
-            return " ".join(s.text.strip() for s in segments).strip()
+            from speech2image_nb.speech.whisper import model_lock
+
+            model = self._load()
+            with model_lock(model):
+                segments, _ = model.transcribe(
+                    audio,
+                    language="en",
+                    beam_size=beam_size,
+                    without_timestamps=True,
+                    condition_on_previous_text=False,
+                )
+                return " ".join(s.text.strip() for s in segments).strip()
 
         # Same audio, same text: sessions that send identical audio (repeated test runs) share one
         # decode, even while it is still running.
