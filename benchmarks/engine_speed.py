@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import tempfile
@@ -35,17 +34,6 @@ from tests.dalle_reference import build_min_dalle  # noqa: E402
 
 PROMPT = "a red fox sitting in the snow"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def byte_characters():
-    """The 256 printable characters byte-level BPE uses for the bytes (GPT-2's bytes_to_unicode)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    extra = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
 
 
 def sync(device: str) -> None:
@@ -111,62 +99,10 @@ def profile_step(engine: DalleMiniEngine, count: int) -> str:
 
 def diffusers_turbo_shaped(device: str, counts: list[int]) -> list[tuple[int, float]]:
     """Seconds per request of a random SD-Turbo-shaped pipeline (SD 2.1 sizes), 1 step, 512 px."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from speech2image_nb.server.engines.diffusers import DiffusersEngine
+    from speech2image_nb.server.engines.diffusers import DiffusersEngine, save_random_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        chars = byte_characters()
-        vocab = {c: i for i, c in enumerate(chars)}
-        vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-        vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            cross_attention_dim=1024,
-            attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True,
-            block_out_channels=(320, 640, 1280, 1280),
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=1024,
-                intermediate_size=4096,
-                num_attention_heads=16,
-                num_hidden_layers=23,
-                vocab_size=len(vocab),
-                bos_token_id=len(vocab) - 2,
-                eos_token_id=len(vocab) - 1,
-                pad_token_id=len(vocab) - 1,
-                hidden_act="gelu",
-                projection_dim=1024,
-            )
-        )
-        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"))
-        scheduler = EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"
-        )
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        folder = Path(tmp) / "sd-turbo-shaped"
-        pipe.save_pretrained(folder)
-        del pipe
+        folder = save_random_pipeline(Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
         engine = DiffusersEngine(model_dir=str(folder), device=device, max_batch=max(counts))
         engine.load()
         results = []

@@ -1,13 +1,11 @@
 """The diffusers engine over a tiny random Stable Diffusion pipeline saved with ``save_pretrained``.
 
-The pipeline has the real component types of SD-Turbo (UNet2DConditionModel, CLIP text encoder and
-tokenizer, AutoencoderKL, Euler scheduler with trailing timesteps), tiny sizes and random weights;
-the engine loads it through ``AutoPipelineForText2Image`` like a downloaded model.
+The pipeline (``save_random_pipeline``) has the real component types of SD-Turbo, tiny sizes and
+random weights; the engine loads it through ``AutoPipelineForText2Image`` like a downloaded model.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -15,95 +13,13 @@ import pytest
 
 from speech2image_nb.errors import ModelNotAvailable
 from speech2image_nb.server.engines.base import ImageJob
-from speech2image_nb.server.engines.diffusers import DiffusersEngine
-
-
-def byte_characters():
-    """The 256 printable characters byte-level BPE uses for the bytes (GPT-2's bytes_to_unicode)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    extra = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
-
-
-def _write_clip_tokenizer_files(directory):
-    """A CLIP BPE vocabulary of single characters (every byte) plus the two special tokens."""
-
-    chars = byte_characters()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return len(vocab)
+from speech2image_nb.server.engines.diffusers import DiffusersEngine, save_random_pipeline
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
     """A tiny SD-Turbo-shaped pipeline saved to a folder."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("tiny_sd")
-    token_dir = root / "tokenizer_src"
-    token_dir.mkdir()
-    vocab_size = _write_clip_tokenizer_files(token_dir)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=77,
-        )
-    )
-    tokenizer = CLIPTokenizer(
-        str(token_dir / "vocab.json"), str(token_dir / "merges.txt"), model_max_length=77
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    out = root / "tiny-sd-turbo"
-    pipeline.save_pretrained(out)
-    return out
+    return save_random_pipeline(tmp_path_factory.mktemp("tiny_sd") / "tiny-sd-turbo", shape="tiny")
 
 
 @pytest.fixture(scope="module")

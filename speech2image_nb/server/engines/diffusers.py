@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["DEFAULT_MODEL_ID", "DiffusersEngine", "latents_to_preview"]
+__all__ = ["DEFAULT_MODEL_ID", "DiffusersEngine", "latents_to_preview", "save_random_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +207,136 @@ class DiffusersEngine(Engine):
     def describe(self) -> dict[str, Any]:
         """Facts for ``GET /``: engine, device, max_batch, model, dtype."""
         return {**super().describe(), "model": self.model_id, "dtype": self.dtype_name}
+
+
+# --- random pipelines for tests and benchmarks --------------------------------------------------
+
+#: component sizes: "tiny" for tests (seconds on a CPU), "sd-turbo" for SD 2.1 / SD-Turbo FLOPs
+_RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "unet": {
+            "block_out_channels": (32, 64),
+            "layers_per_block": 1,
+            "sample_size": 16,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+        },
+        "vae": {
+            "block_out_channels": (32, 64),
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "down_block_types": ("DownEncoderBlock2D",) * 2,
+            "up_block_types": ("UpDecoderBlock2D",) * 2,
+        },
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+        },
+    },
+    "sd-turbo": {
+        "unet": {
+            "sample_size": 64,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+            "block_out_channels": (320, 640, 1280, 1280),
+        },
+        "vae": {
+            "block_out_channels": (128, 256, 512, 512),
+            "latent_channels": 4,
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+        },
+        "text": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 23,
+            "hidden_act": "gelu",
+            "projection_dim": 1024,
+        },
+    },
+}
+
+
+def _byte_characters() -> list[str]:
+    """The 256 characters byte-level BPE uses for the bytes (GPT-2's ``bytes_to_unicode``)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+
+def _write_clip_tokenizer_files(directory: Path) -> int:
+    """A CLIP BPE vocabulary of single characters (every byte) plus the two special tokens."""
+    import json
+
+    chars = _byte_characters()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return len(vocab)
+
+
+def save_random_pipeline(folder: str | Path, *, shape: str = "tiny", seed: int = 0) -> Path:
+    """Save an SD-Turbo-shaped pipeline with random weights to ``folder`` (``save_pretrained``).
+
+    It has SD-Turbo's component types (UNet2DConditionModel, CLIP text encoder and tokenizer,
+    AutoencoderKL, Euler scheduler with trailing timesteps), so :class:`DiffusersEngine` loads it
+    like a downloaded model: offline tests use ``shape="tiny"``, speed measurements
+    ``shape="sd-turbo"`` (the real sizes, so the same FLOPs). The global RNG is left as it was.
+    """
+    import importlib
+    import tempfile
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    lib: Any = importlib.import_module("diffusers")  # the library (its classes are untyped)
+
+    if shape not in _RANDOM_SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(_RANDOM_SHAPES)}, not {shape!r}")
+    sizes = _RANDOM_SHAPES[shape]
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as token_dir, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vocab_size = _write_clip_tokenizer_files(Path(token_dir))
+        text_config = CLIPTextConfig(
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+            **sizes["text"],
+        )
+        pipeline = lib.StableDiffusionPipeline(
+            vae=lib.AutoencoderKL(**sizes["vae"]),
+            text_encoder=CLIPTextModel(text_config),
+            tokenizer=CLIPTokenizer(
+                str(Path(token_dir) / "vocab.json"), str(Path(token_dir) / "merges.txt"), model_max_length=77
+            ),
+            unet=lib.UNet2DConditionModel(**sizes["unet"]),
+            scheduler=lib.EulerDiscreteScheduler(
+                beta_start=0.00085,
+                beta_end=0.012,
+                beta_schedule="scaled_linear",
+                timestep_spacing="trailing",
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.save_pretrained(folder)
+    return folder
