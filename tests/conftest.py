@@ -54,3 +54,14 @@ def tiny_dalle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from speech2image_nb.server.engines.dalle_mini import save_random_checkpoint
 
     return Path(save_random_checkpoint(tmp_path_factory.mktemp("dalle") / "tiny", variant="tiny"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: on 2 shared cores, 2 threads were several times slower per op."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,14 +18,7 @@ from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine, save_rand
 from speech2image_nb.server.engines.dalle_mini.previews import LazyPreviews, PreviewPacer
 from speech2image_nb.server.engines.dalle_mini.sampler import HashNoise
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, 2 threads were several times slower per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,7 @@ SEED = 1234567
 PREVIEW_BUDGET = math.inf
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, 2 threads were several times slower per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compare(model_dir, variant, options, *, is_mega=False):
