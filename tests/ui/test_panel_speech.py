@@ -1,9 +1,9 @@
 """The panel with the real speech engines (local Whisper, AssemblyAI protocol against the local fake).
 
-Order matters: once a Whisper model has decoded on the runtime thread of this process, a later
-decode by the fake AssemblyAI service (another CTranslate2 model, another thread) was seen to
-hang inside ``encode`` (about 1 run in 2 here). So the tests that run Whisper in this process come
-last, and this module is the last one pytest collects.
+The panel's Whisper engine and the fake AssemblyAI service load the same cached model. Decoding
+on it from two threads at once was seen to hang inside CTranslate2's ``encode`` (about 1 run in
+2); decoding is now serialised per model (``speech2image_nb.speech.whisper.model_lock``), and this
+module passes before or after the other speech tests.
 """
 
 from __future__ import annotations
