@@ -159,6 +159,33 @@ def test_official_sdk_without_speech_model_is_refused_as_by_the_service(fake):
     assert not seen["begin"] and seen["error"], seen
 
 
+def test_our_client_sends_the_required_parameters_and_the_chosen_options(fake):
+    """Model, key terms and turn settings from the environment reach the session, beside sample_rate."""
+    env = {
+        "S2I_ASSEMBLYAI_SPEECH_MODEL": "universal-streaming-multilingual",
+        "S2I_ASSEMBLYAI_KEYTERMS": "Ada Lovelace, Timbuktu",
+        "S2I_ASSEMBLYAI_END_OF_TURN_CONFIDENCE_THRESHOLD": "0.7",
+        "S2I_ASSEMBLYAI_MIN_TURN_SILENCE_MS": "500",
+        "S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS": "2000",
+    }
+    settings = Settings.resolve(
+        environ=env, colab_secret=lambda n: None, assemblyai_api_key=KEY, assemblyai_streaming_url=fake.url
+    )
+    client = AssemblyAITranscriber(settings=settings, terminate_timeout_s=15 * TIME_FACTOR)
+    run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav")))
+    assert fake.sessions[-1].query == {
+        "sample_rate": "16000",
+        "encoding": "pcm_s16le",
+        "speech_model": "universal-streaming-multilingual",
+        "format_turns": "true",
+        "end_of_turn_confidence_threshold": "0.7",
+        "min_turn_silence": "500",
+        "max_turn_silence": "2000",
+        "keyterms_prompt": '["Ada Lovelace", "Timbuktu"]',
+    }
+    assert "snow" in run.text().lower() and fake.sessions[-1].close_code == 1000
+
+
 def test_u3_rt_pro_sessions_give_one_formatted_final_per_turn(fake):
     """speech_model="u3-rt-pro": the service formats every end of turn itself; the client commits it."""
     client = AssemblyAITranscriber(
