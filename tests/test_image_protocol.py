@@ -128,7 +128,7 @@ def test_generate_body_leaves_unset_fields_to_the_server():
         (b"[1]", "invalid_request", "JSON object"),
         (b'{"text": " "}', "invalid_request", '"text"'),
         (b'{"text": "a", "num_images": 4}', "invalid_request", "from 1 to 3"),
-        (b'{"text": "abcdefghijk"}', "invalid_request", "longer than 10"),
+        (json.dumps({"text": "ab " * 2000}).encode(), "prompt_too_long", "5000 are accepted"),
         (b'{"text": "a", "seed": 9007199254740992}', "invalid_request", '"seed"'),
         (b'{"text": "a", "image_format": "gif"}', "invalid_request", "image_format"),
         (b'{"text": "a", "steps": 2}', "invalid_request", "steps"),

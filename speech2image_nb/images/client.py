@@ -37,6 +37,7 @@ from .protocol import (
     GenerateAnswer,
     ImageEvent,
     ProgressEvent,
+    PromptTruncation,
     QueuedEvent,
     SSEParser,
     StreamEvent,
@@ -86,8 +87,9 @@ class Generation:
     images: list[Image.Image]
     seed: int | None  # None: the server does not report seeds (a DALL-E Playground backend)
     engine: str | None
-    prompt: str
+    prompt: str  # as the engine read it
     timings: dict[str, float]  # queued_s, generate_s, encode_s (server side), total_s (client side)
+    prompt_truncated: PromptTruncation | None = None  # set when the engine read only part of the prompt
 
 
 # --- what only older servers do ------------------------------------------------------------------
@@ -372,6 +374,7 @@ class ImageClient:
             engine=answer.engine,
             prompt=answer.prompt if answer.prompt is not None else text,
             timings=timings,
+            prompt_truncated=answer.prompt_truncated,
         )
 
     def generate_stream(
@@ -404,7 +407,7 @@ class ImageClient:
         result = self.generate(text, num_images=num_images, seed=seed, image_format=image_format, **options)
         for index, image in enumerate(result.images):
             yield ImageEvent(index, image)
-        yield DoneEvent(result.seed, result.timings, result.engine, result.prompt)
+        yield DoneEvent(result.seed, result.timings, result.engine, result.prompt, result.prompt_truncated)
 
     def _events(self, response: requests.Response) -> Iterator[StreamEvent]:
         try:

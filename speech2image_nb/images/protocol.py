@@ -11,7 +11,11 @@ In short:
 - ``POST /generate`` (and ``/dalle``, its older name) reads ``{"text", "num_images", "seed",
   "image_format", <engine options>}`` as JSON *whatever the content type*, because the DALL-E
   Playground web UI sends it as ``text/plain``; it answers ``{"generatedImgs": [base64, ...],
-  "generatedImgsFormat", "seed", "engine", "prompt", "timings"}``.
+  "generatedImgsFormat", "seed", "engine", "prompt", "prompt_truncated", "timings"}``. A prompt
+  longer than the engine reads is cut to what it reads and the answer says so; only a prompt far
+  past any real one is refused.
+- With a token, a request carries it as ``Authorization: Bearer <token>`` or, for clients that
+  cannot send headers (the Playground UI), as the first path segments ``/t/<token>``.
 - ``POST /generate/stream`` reads the same body and answers server-sent events: ``queued``,
   ``progress``, ``image`` per picture, then ``done`` (or ``error``), each with a JSON ``data``.
 - Every failure is ``{"error": {"code", "message"}}`` with the HTTP status of its code
@@ -50,16 +54,19 @@ __all__ = [
     "KEEPALIVE",
     "LEGACY_GENERATE_ROUTE",
     "MAX_BODY_BYTES",
+    "MAX_PROMPT_CHARS_ACCEPTED",
     "RANDOM_SEED_MAX",
     "REQUEST_FIELDS",
     "SEED_MAX",
     "STREAM_ROUTE",
+    "URL_TOKEN_PREFIX",
     "DoneEvent",
     "ErrorEvent",
     "GenerateAnswer",
     "GenerateRequest",
     "ImageEvent",
     "ProgressEvent",
+    "PromptTruncation",
     "QueuedEvent",
     "RequestLimits",
     "RequestRejected",
@@ -87,8 +94,15 @@ GENERATE_ROUTE = "/generate"
 LEGACY_GENERATE_ROUTE = "/dalle"  # the DALL-E Playground's route until 2022-11
 STREAM_ROUTE = "/generate/stream"
 
-DEFAULT_MAX_IMAGES = 9  # images per request unless the server is told otherwise
-DEFAULT_MAX_PROMPT_CHARS = 500  # prompt length unless the server is told otherwise
+URL_TOKEN_PREFIX = "/t/"  # /t/<token>/generate: the token in the path, for clients without headers
+
+DEFAULT_MAX_IMAGES = 10  # images per request unless the server is told otherwise (the Playground offers 1-10)
+#: characters read from a prompt by an engine that does not say how much it reads (DALL-E says:
+#: its first 64 text tokens); the rest is cut off and the answer reports it
+DEFAULT_MAX_PROMPT_CHARS = 500
+#: a longer prompt is refused (413): far past any real prompt, and still within MAX_BODY_BYTES
+#: when every character is sent as a 12-byte JSON escape
+MAX_PROMPT_CHARS_ACCEPTED = 5000
 MAX_BODY_BYTES = 64 * 1024  # a request body above this is refused with 413 before it is read
 SEED_MAX = 2**53 - 1  # the largest integer a JavaScript client can send exactly
 RANDOM_SEED_MAX = 2**31 - 1  # seeds the server picks stay small enough for any JSON number parser
@@ -102,7 +116,11 @@ REQUEST_FIELDS = frozenset({"text", "num_images", "seed", "image_format"})
 
 @dataclasses.dataclass(frozen=True)
 class RequestLimits:
-    """What one generate request may ask for (the server's ``--max-images`` / ``--max-prompt-chars``)."""
+    """What one generate request may ask for (the server's ``--max-images`` / ``--max-prompt-chars``).
+
+    ``max_prompt_chars`` is how much of a prompt is read when the engine does not say how much
+    it reads; a longer prompt is cut, not refused.
+    """
 
     max_images: int = DEFAULT_MAX_IMAGES
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
@@ -122,6 +140,7 @@ ERROR_STATUS: Mapping[str, int] = types.MappingProxyType(
         "not_found": 404,
         "method_not_allowed": 405,
         "payload_too_large": 413,
+        "prompt_too_long": 413,
         "invalid_request": 422,
         "engine_error": 500,
         "internal_error": 500,
@@ -172,6 +191,29 @@ class GenerateRequest:
     seed: int | None  # None: the server picks a random seed
     image_format: str  # one of IMAGE_FORMATS
     options: Mapping[str, Any]  # engine options, as the engine validated them
+    prompt_truncated: PromptTruncation | None = None  # set by the server when it cut ``text``
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTruncation:
+    """The prompt was longer than the engine reads: the first ``used_chars`` of ``sent_chars`` were used."""
+
+    sent_chars: int
+    used_chars: int
+    limit: str  # what the engine reads, e.g. "64 text tokens" or "500 characters"
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer's ``prompt_truncated`` object."""
+        return {"sent_chars": self.sent_chars, "used_chars": self.used_chars, "limit": self.limit}
+
+
+def _truncation(value: Any) -> PromptTruncation | None:
+    if not isinstance(value, dict):
+        return None
+    sent, used = _int_or_none(value.get("sent_chars")), _int_or_none(value.get("used_chars"))
+    if sent is None or used is None:
+        return None
+    return PromptTruncation(sent, used, str(value.get("limit", "")))
 
 
 def generate_body(
@@ -219,15 +261,17 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _prompt(body: Mapping[str, Any], limits: RequestLimits) -> str:
+def _prompt(body: Mapping[str, Any]) -> str:
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise RequestRejected("invalid_request", 'The field "text" must be a non-empty string.')
     # a lone surrogate (from a \udXXX escape) cannot be encoded anywhere later: make it "?"
     text = text.strip().encode("utf-8", "replace").decode("utf-8")
-    if len(text) > limits.max_prompt_chars:
+    if len(text) > MAX_PROMPT_CHARS_ACCEPTED:
         raise RequestRejected(
-            "invalid_request", f"The prompt is longer than {limits.max_prompt_chars} characters."
+            "prompt_too_long",
+            f"The prompt is {len(text)} characters long; at most {MAX_PROMPT_CHARS_ACCEPTED} are "
+            "accepted, and the engine reads far fewer: send a shorter one.",
         )
     return text
 
@@ -244,7 +288,7 @@ def parse_generate_request(
     naming the field. Raises :class:`RequestRejected` with the code and message to answer.
     """
     body = _json_object(raw)
-    text = _prompt(body, limits)
+    text = _prompt(body)
     num_images = _json_int(body.get("num_images", 1))
     if num_images is None or not 1 <= num_images <= limits.max_images:
         raise RequestRejected(
@@ -292,6 +336,7 @@ class GenerateAnswer:
     engine: str | None = None
     prompt: str | None = None  # the prompt as the engine read it
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)  # queued_s, generate_s, encode_s
+    prompt_truncated: PromptTruncation | None = None  # None: the engine read the whole prompt
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object the server sends."""
@@ -301,6 +346,7 @@ class GenerateAnswer:
             "seed": self.seed,
             "engine": self.engine,
             "prompt": self.prompt,
+            "prompt_truncated": self.prompt_truncated.to_json() if self.prompt_truncated else None,
             "timings": dict(self.timings),
         }
 
@@ -319,6 +365,7 @@ def parse_generate_answer(body: Any) -> GenerateAnswer:
         engine=_str_or_none(body.get("engine")),
         prompt=_str_or_none(body.get("prompt")),
         timings=_number_dict(body.get("timings")),
+        prompt_truncated=_truncation(body.get("prompt_truncated")),
     )
 
 
@@ -404,6 +451,7 @@ class DoneEvent:
     timings: dict[str, float]
     engine: str | None = None
     prompt: str | None = None
+    prompt_truncated: PromptTruncation | None = None  # None: the engine read the whole prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,7 +498,14 @@ def _event_data(event: ServerEvent, image_format: str) -> dict[str, Any]:
     if isinstance(event, ImageEvent):
         return {"index": event.index, "data": encode_image(event.image, image_format), "format": image_format}
     if isinstance(event, DoneEvent):
-        return {"seed": event.seed, "engine": event.engine, "prompt": event.prompt, "timings": event.timings}
+        truncated = event.prompt_truncated.to_json() if event.prompt_truncated else None
+        return {
+            "seed": event.seed,
+            "engine": event.engine,
+            "prompt": event.prompt,
+            "prompt_truncated": truncated,
+            "timings": event.timings,
+        }
     return {"code": event.code, "message": event.message}
 
 
@@ -475,6 +530,7 @@ def _decode_event(name: str, payload: dict[str, Any]) -> ServerEvent | None:
             _number_dict(payload.get("timings")),
             _str_or_none(payload.get("engine")),
             _str_or_none(payload.get("prompt")),
+            _truncation(payload.get("prompt_truncated")),
         )
     if name == "error":
         return ErrorEvent(str(payload.get("code", "error"))[:100], str(payload.get("message", ""))[:500])

@@ -2,8 +2,9 @@
 
 :func:`create_app` assembles the parts, each in its own module: the wire contract
 (:mod:`speech2image_nb.images.protocol`, described in ``docs/image-server-api.md``), the routes
-(:mod:`.routes`), what they read from ``app.state`` (:mod:`.settings`, :mod:`.state`), the token check
-(:mod:`.auth`), the error answers (:mod:`.error_handlers`), the OpenAPI description
+(:mod:`.routes`), what they read from ``app.state`` (:mod:`.settings`, :mod:`.state`), the path
+clean-up and URL token (:mod:`.paths`), the token check (:mod:`.auth`), how much of a prompt the
+engine reads (:mod:`.prompts`), the error answers (:mod:`.error_handlers`), the OpenAPI description
 (:mod:`.openapi`) and the batcher that runs the engine (:mod:`.batcher`). The engine loads in the
 app's lifespan, on the batcher's engine thread, never at construction.
 """
@@ -30,6 +31,7 @@ from .batcher import DEFAULT_BATCH_WAIT_S, Batcher
 from .engines.base import Engine, LoadProgress
 from .error_handlers import ApiError, install_error_handlers
 from .openapi import install_openapi
+from .paths import CanonicalPath
 from .routes import router
 from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S, ServerConfig
 
@@ -81,9 +83,11 @@ def create_app(
     engine
         The image engine; its ``load()`` runs in the engine's worker thread when the server starts.
     token
-        When set, every route but ``GET /`` needs ``Authorization: Bearer <token>``.
+        When set, every route but ``GET /`` needs it: ``Authorization: Bearer <token>``, or the
+        path prefix ``/t/<token>`` (for clients that cannot send headers).
     max_images, max_prompt_chars, max_queue, max_batch, request_timeout_s
-        Limits, as the command-line flags of the same names.
+        Limits, as the command-line flags of the same names (``max_prompt_chars``: how much of a
+        prompt is read when the engine does not say; a longer one is cut, not refused).
     save_dir
         Also write every image there, named by a random id (never by the prompt).
     cors_origins
@@ -117,7 +121,10 @@ def create_app(
 
 
 def _add_middleware(app: FastAPI, *, token: str | None, cors_origins: Sequence[str]) -> None:
-    """Auth inside CORS, so that preflights pass and 401 answers carry CORS headers too."""
+    """From the outside in: the canonical path (before anything sees or logs it), CORS, auth.
+
+    Auth sits inside CORS, so that preflights pass and 401 answers carry CORS headers too.
+    """
     if token is not None:
         app.add_middleware(BearerAuth, token=token)
     app.add_middleware(
@@ -128,3 +135,4 @@ def _add_middleware(app: FastAPI, *, token: str | None, cors_origins: Sequence[s
         expose_headers=["Retry-After"],
         max_age=600,
     )
+    app.add_middleware(CanonicalPath, token=token)

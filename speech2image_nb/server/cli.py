@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-prompt-chars",
         type=int,
         default=limits.max_prompt_chars,
-        help="prompt length (default %(default)s)",
+        help="characters read from a prompt when the engine does not say how many tokens it reads; "
+        "the rest is cut off (default %(default)s)",
     )
     parser.add_argument(
         "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="waiting requests (default %(default)s)"
@@ -145,17 +146,20 @@ def _open_tunnel(args: argparse.Namespace, server: BackgroundServer) -> Tunnel:
 
 
 def _print_how_to_connect(public_url: str, token: str | None, *, created_token: bool) -> None:
-    """The lines a user copies: the token (only one this program made) and the connect() call."""
-    from .tunnel import connect_line
+    """The lines a user copies: the token (only one this program made), the backend URL for
+    DALL-E Playground's web UI, and the connect() call for a notebook."""
+    from .tunnel import connect_line, playground_url
 
     if token is not None and created_token:
         print(f"token: {token}")
+        print(f"DALL-E Playground backend URL: {playground_url(public_url, token)}")
         print(f"in your notebook: {connect_line(public_url, token)}", flush=True)
     elif token is not None:
-        print(
-            f'in your notebook: speech2image_nb.connect("{public_url}", token=<your {TOKEN_ENV}>)', flush=True
-        )
+        placeholder = f"<your {TOKEN_ENV}>"
+        print(f"DALL-E Playground backend URL: {playground_url(public_url, placeholder)}")
+        print(f'in your notebook: speech2image_nb.connect("{public_url}", token={placeholder})', flush=True)
     else:
+        print(f"DALL-E Playground backend URL: {public_url}")
         print(f"in your notebook: {connect_line(public_url, None)}", flush=True)
 
 

@@ -20,6 +20,7 @@ from ..images.protocol import (
     GENERATE_ROUTE,
     IMAGE_FORMATS,
     LEGACY_GENERATE_ROUTE,
+    MAX_PROMPT_CHARS_ACCEPTED,
     SEED_MAX,
     STREAM_ROUTE,
     RequestLimits,
@@ -48,13 +49,22 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "seed": {"type": "integer"},
         "engine": {"type": "string"},
         "prompt": {"type": "string"},
+        "prompt_truncated": {
+            "type": ["object", "null"],
+            "description": "null, or how much of a longer prompt the engine read",
+            "properties": {
+                "sent_chars": {"type": "integer"},
+                "used_chars": {"type": "integer"},
+                "limit": {"type": "string"},
+            },
+        },
         "timings": {"type": "object", "additionalProperties": {"type": "number"}},
     },
 }
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "queued {position}, progress {step, total, preview?}, image {index, data, format}, "
-    "done {seed, engine, prompt, timings}, error {code, message}; data is JSON",
+    "done {seed, engine, prompt, prompt_truncated, timings}, error {code, message}; data is JSON",
     "properties": {
         "event": {"type": "string", "enum": list(EVENT_NAMES.values())},
         "data": {"type": "string"},
@@ -94,9 +104,9 @@ def request_schema(engine: Engine, limits: RequestLimits) -> dict[str, Any]:
             "text": {
                 "type": "string",
                 "minLength": 1,
-                "maxLength": limits.max_prompt_chars,
+                "maxLength": MAX_PROMPT_CHARS_ACCEPTED,
                 "pattern": "\\S",
-                "description": "the prompt",
+                "description": "the prompt; cut to what the engine reads (the answer says so)",
             },
             "num_images": {
                 "type": "integer",

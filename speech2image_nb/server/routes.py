@@ -35,6 +35,7 @@ from .auth import is_authorized
 from .batcher import Batcher, QueueFullError, Ticket
 from .error_handlers import ApiError, engine_failure
 from .openapi import GENERATE_RESPONSES, STREAM_RESPONSES
+from .prompts import fit_prompt
 from .state import BatcherDep, ConfigDep, EngineDep
 from .streaming import server_timings, stream_events
 
@@ -63,9 +64,11 @@ async def read_body(request: Request, *, limit_bytes: int = MAX_BODY_BYTES) -> b
 
 
 async def read_generate_request(request: Request, engine: EngineDep, config: ConfigDep) -> GenerateRequest:
-    """The validated request body (a dependency of the generate routes)."""
+    """The validated request body, its prompt cut to what the engine reads (a dependency of the
+    generate routes)."""
     raw = await read_body(request)
-    return parse_generate_request(raw, limits=config.limits, validate_options=engine.validate_options)
+    req = parse_generate_request(raw, limits=config.limits, validate_options=engine.validate_options)
+    return fit_prompt(req, engine, max_chars=config.limits.max_prompt_chars)
 
 
 GenerateDep = Annotated[GenerateRequest, Depends(read_generate_request)]
@@ -131,6 +134,7 @@ async def generate(
         engine=engine.name,
         prompt=req.text,
         timings=server_timings(ticket, encode_s),
+        prompt_truncated=req.prompt_truncated,
     )
     return JSONResponse(answer.to_json())
 

@@ -69,7 +69,7 @@ async def stream_events(
                 encode_s += clock() - started
                 sent += 1
             yield data
-        done = DoneEvent(seed, server_timings(ticket, encode_s), engine_name, req.text)
+        done = DoneEvent(seed, server_timings(ticket, encode_s), engine_name, req.text, req.prompt_truncated)
         yield encode_event(done)
     finally:
         if not ticket.future.done() or sent < req.num_images:
