@@ -116,8 +116,9 @@ def read_upload(
         raise EmptyAudioError(f"{name} is empty (0 bytes): upload a recording with speech in it.")
     if upload.size_bytes > max_bytes:
         raise UploadRejected(
-            f"{name} is {_size_text(upload.size_bytes)}, more than the {_size_text(max_bytes)} an upload "
-            "may be: upload a shorter recording, or a compressed one (mp3, m4a, ogg)."
+            f"{name} is too large ({_size_text(upload.size_bytes)}; uploads take up to "
+            f"{_size_text(max_bytes).replace('.0 ', ' ')}): upload a shorter recording, or a compressed "
+            "one (mp3, m4a, ogg)."
         )
     try:
         pcm = decode_audio(upload.content, sample_rate)
@@ -132,7 +133,7 @@ def read_upload(
     seconds = pcm.size / sample_rate
     if seconds > max_seconds:
         raise UploadRejected(
-            f"{name} is {seconds:.0f} s long, more than the {max_seconds:.0f} s an upload may be: "
+            f"{name} is too long ({seconds:.0f} s; uploads take up to {max_seconds:.0f} s): "
             "upload a shorter recording."
         )
     return pcm

@@ -20,29 +20,13 @@ from speech2image_nb.ui.upload import (
     read_upload,
     uploaded_files,
 )
+from tests.audio_encode import encode_with_pyav
 from tests.browser.audio_match import best_envelope_match, read_wav_mono, rms_envelope
 from tests.conftest import DATA_DIR
 from tests.ui.conftest import grid_images, wait_until
 from tests.ui.fakes import FakeRecorder, ScriptedTranscriber
 
 FOX_WAV = DATA_DIR / "piper_01.wav"
-
-
-def encode_with_pyav(wav_path, container: str, codec: str) -> bytes:
-    """Re-encode a committed 16-bit WAV (mp3, flac, ... are made here rather than committed)."""
-    import av
-
-    with wave.open(str(wav_path)) as wav:
-        rate = wav.getframerate()
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(1, -1).copy()
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            out.mux(packet)
-    return buffer.getvalue()
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -79,8 +63,8 @@ BAD_UPLOADS = {
         "notes.wav is not audio",
     ),
     "silence.wav": (b"", {}, EmptyAudioError, "empty (0 bytes)"),
-    "huge.wav": (None, {"max_bytes": 50_000}, UploadRejected, "is 78 kB, more than the 49 kB"),
-    "long.wav": (None, {"max_seconds": 1.0}, UploadRejected, "2 s long, more than the 1 s"),
+    "huge.wav": (None, {"max_bytes": 50_000}, UploadRejected, "too large (78 kB; uploads take up to 49 kB)"),
+    "long.wav": (None, {"max_seconds": 1.0}, UploadRejected, "too long (2 s; uploads take up to 1 s)"),
     "fox.txt": (None, {}, UploadRejected, "fox.txt is not a recording"),
     "click.wav": ("click", {}, EmptyAudioError, "less than 0.2 s of sound"),
 }
@@ -108,7 +92,7 @@ def test_a_bad_upload_is_refused_with_one_sentence_naming_the_file(name):
 def test_size_limit_is_stated_and_under_one_jupyter_websocket_message():
     """8 MB fits in one Jupyter websocket message (tornado's 10 MiB); one byte more is refused."""
     assert MAX_UPLOAD_BYTES < 10 * 1024 * 1024
-    with pytest.raises(UploadRejected, match=r"8\.0 MB"):
+    with pytest.raises(UploadRejected, match=r"too large \(8\.0 MB; uploads take up to 8 MB\)"):
         read_upload(UploadedFile("big.wav", b"\0" * (MAX_UPLOAD_BYTES + 1)))
 
 
@@ -189,7 +173,7 @@ def test_bad_uploads_each_give_their_line_and_the_next_good_one_works(make_panel
     bad = {
         "notes.wav": (b"not a recording at all\n" * 30, "notes.wav is not audio"),
         "empty.wav": (b"", "empty (0 bytes)"),
-        "huge.wav": (b"\0" * (MAX_UPLOAD_BYTES + 1), "more than the 8.0 MB"),
+        "huge.wav": (b"\0" * (MAX_UPLOAD_BYTES + 1), "too large (8.0 MB; uploads take up to 8 MB)"),
     }
     for name, (content, words) in bad.items():
         browser_uploads(panel.upload.button, name, content)
