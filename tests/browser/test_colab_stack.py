@@ -23,7 +23,6 @@ from tests.conftest import DATA_DIR, TIME_FACTOR
 from tests.fakes.assemblyai import FakeAssemblyAI
 
 from .harness import (
-    ImageServerProcess,
     JupyterServer,
     KernelClient,
     choose_file,
@@ -48,17 +47,15 @@ def images_shown_js(count: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def colab_stack(browser_tmp, tiny_dalle_dir):
+def colab_stack(browser_tmp, image_server_process):
     """The classic Notebook server from .venv-colab, configured to reach the image and speech servers."""
     venv = colab_venv()  # fails with the fix when the environment is missing
     with contextlib.ExitStack() as stack:
         fake = stack.enter_context(FakeAssemblyAI(api_key="fake-colab-key", end_silence_ms=500))
-        images = ImageServerProcess(model_dir=tiny_dalle_dir).start(timeout_s=120 * TIME_FACTOR)
-        stack.callback(images.stop)
         env = stack.enter_context(pytest.MonkeyPatch.context())
         env.setenv("ASSEMBLYAI_API_KEY", "fake-colab-key")
         env.setenv("ASSEMBLYAI_STREAMING_URL", fake.url)
-        env.setenv("S2I_SERVER_URL", images.url)
+        env.setenv("S2I_SERVER_URL", image_server_process.url)
         env.setenv("S2I_NO_PROMPT", "1")
         env.setenv("HF_HUB_OFFLINE", "1")
         env.delenv("S2I_SERVER_TOKEN", raising=False)

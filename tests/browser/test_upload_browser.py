@@ -20,7 +20,6 @@ from tests.conftest import DATA_DIR, TIME_FACTOR
 from tests.fakes.assemblyai import FakeAssemblyAI
 
 from .harness import (
-    ImageServerProcess,
     JupyterServer,
     KernelClient,
     choose_file,
@@ -41,16 +40,14 @@ ERROR_LINE_JS = "(w) => ((document.querySelector('.s2i-error-line') || {}).inner
 
 
 @pytest.fixture(scope="module")
-def lab_with_servers(browser_tmp, tiny_dalle_dir):
+def lab_with_servers(browser_tmp, image_server_process):
     """JupyterLab 4 whose kernels reach the fake AssemblyAI service and an image server process."""
     with contextlib.ExitStack() as stack:
         fake = stack.enter_context(FakeAssemblyAI(api_key="fake-upload-key", end_silence_ms=500))
-        images = ImageServerProcess(model_dir=tiny_dalle_dir).start(timeout_s=120 * TIME_FACTOR)
-        stack.callback(images.stop)
         env = stack.enter_context(pytest.MonkeyPatch.context())
         env.setenv("ASSEMBLYAI_API_KEY", "fake-upload-key")
         env.setenv("ASSEMBLYAI_STREAMING_URL", fake.url)
-        env.setenv("S2I_SERVER_URL", images.url)
+        env.setenv("S2I_SERVER_URL", image_server_process.url)
         env.setenv("S2I_NO_PROMPT", "1")
         env.delenv("S2I_SERVER_TOKEN", raising=False)
         root = browser_tmp / "upload-lab"
