@@ -125,3 +125,27 @@ def test_each_front_end_gets_a_fix_that_works_there(code):
     if code == "frontend-not-loaded":
         assert "run this cell again" in colab_text
     assert str(recorder_error(code, ERROR_MESSAGES[code], frontend="vscode")) == VSCODE_NO_MICROPHONE
+
+
+def test_in_colab_a_browser_error_shows_colabs_fix_in_the_widget(colab, monkeypatch):
+    """The browser reports audio-context with Jupyter's "reload the page": the widget shows Colab's fix."""
+    import comm
+
+    from speech2image_nb.recorder.widget import FRONTEND_MESSAGES, Recorder
+    from tests.recorder.relay import CommRelay
+
+    relay = CommRelay()
+    monkeypatch.setattr(comm, "create_comm", relay.create_comm)
+    recorder = Recorder()
+    errors = []
+    recorder.on_error(errors.append)
+    try:
+        relay.front_end_sends(
+            recorder, {"kind": "error", "code": "audio-context", "message": ERROR_MESSAGES["audio-context"]}
+        )
+        expected = FRONTEND_MESSAGES["colab"]["audio-context"]
+        assert recorder.error == expected and str(errors[0]) == expected
+        # ... and the kernel sends that text to the widget's view, which shows ``error``
+        assert any(update.get("error") == expected for update in relay.updates(recorder))
+    finally:
+        recorder.close()
