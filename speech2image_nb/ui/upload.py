@@ -179,7 +179,7 @@ class UploadControl:
         )
         self.button.add_class("s2i-upload")
         limits = f"up to {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_S / 60:g} minutes"
-        note = f"a recording ({_FORMATS_TEXT}), {limits}"
+        note = f"{_FORMATS_TEXT}; {limits}"
         self.note = widgets.HTML(f'<span class="s2i-upload-note">{note}</span>')
         self.view = widgets.HBox([self.button, self.note], layout=widgets.Layout(align_items="center"))
         self._is_v7 = self.button.has_trait("data")  # ipywidgets 7 syncs ``data``/``metadata``

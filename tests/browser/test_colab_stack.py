@@ -35,7 +35,8 @@ from .harness import (
 from .test_panel_browser import IMAGE_COUNT, NOTEBOOK, decoded_images, record_once
 from .test_recorder_browser import BUSY_CELL, FAKE_MIC_WAV, SETUP, TAKE_S, assert_matches_fake_mic, kernel_pcm
 
-pytestmark = pytest.mark.browser
+# The hang guard scales like every other limit: the first test here may start the image server.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(int(300 * TIME_FACTOR))]
 
 MS = 1000 * TIME_FACTOR
 COLAB_VERSIONS = {"ipywidgets": "7.7.1", "ipykernel": "6.17.1", "IPython": "7.34.0", "anywidget": "0.9.21"}

@@ -29,7 +29,8 @@ from .harness import (
 from .test_colab_stack import images_shown_js
 from .test_panel_browser import NOTEBOOK, decoded_images
 
-pytestmark = pytest.mark.browser
+# The hang guard scales like every other limit: the first test here may start the image server.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(int(300 * TIME_FACTOR))]
 
 MS = 1000 * TIME_FACTOR
 REFUSE_MICROPHONE = """
