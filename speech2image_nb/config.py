@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigError
+from .frontend import in_colab
 
 __all__ = ["ENV_VARS", "Secret", "Settings", "ask_secret", "in_colab"]
 
@@ -90,13 +91,6 @@ class Secret:
 
     def __reduce__(self) -> Any:  # pickling would write the value out: refuse
         raise TypeError("a Secret cannot be pickled")
-
-
-def in_colab() -> bool:
-    """True when running inside a Google Colab kernel."""
-    import sys
-
-    return "google.colab" in sys.modules
 
 
 def _colab_secret(name: str) -> str | None:

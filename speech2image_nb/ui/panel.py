@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..errors import ConfigError
+from ..frontend import VSCODE, VSCODE_NO_MICROPHONE, detect_frontend, enable_colab_widgets
 from .controller import (
     MAX_IMAGE_COUNT,
     Controller,
@@ -39,6 +40,7 @@ from .controller import (
     parse_seed,
     seed_of,
 )
+from .upload import UPLOAD_HINT, UploadControl, UploadedFile, read_upload
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -85,6 +87,7 @@ def app(
     """
     from ..config import Settings
 
+    enable_colab_widgets()  # in Colab: before anything is displayed
     panel = Panel(
         settings=Settings.resolve(**settings),
         recorder=recorder,
@@ -129,6 +132,8 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         from ..config import Settings
         from ..pipeline import ImageService
 
+        enable_colab_widgets()  # in Colab: before any widget exists, so every display is tagged
+        self.frontend = detect_frontend()
         self.settings = settings if settings is not None else Settings.resolve()
         self.controller = Controller()
         self._transcriber = transcriber
@@ -154,7 +159,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._gen_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2i-generate")
         self._bg_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="s2i-panel")
 
-        self._startup_error = ""
+        self._startup_error = VSCODE_NO_MICROPHONE if self.frontend == VSCODE else ""
         self.recorder, self._streaming = self._make_recorder(recorder)
         # what is displayed: the recorder itself, or the widget a wrapper holds (ipywebrtc)
         is_widget = isinstance(self.recorder, widgets.Widget)
@@ -221,6 +226,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.history_box = widgets.HBox(layout=widgets.Layout(overflow="auto", width="100%"))
         self.history_box.add_class("s2i-history")
         self._hotkeys = _make_hotkeys(self.toggle_recording)
+        self.upload = UploadControl(self._on_upload)
 
         self.generate_button.on_click(lambda _b: self._safely(self.generate))
         self.save_button.on_click(lambda _b: self._bg_pool.submit(self._safely, self.save))
@@ -242,6 +248,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         children = [
             self._style,
             top,
+            self.upload.view,
             self.prompt_text,
             controls,
             self.status_html,
@@ -276,7 +283,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             note = widgets.HTML(
                 "<span class='s2i-error'>No recorder: type a prompt instead.</span>",
             )
-            self._startup_error = f"The recorder could not be loaded ({exc}): reinstall speech2image_nb."
+            self._startup_error = (
+                f"The recorder could not be loaded ({exc}): reinstall speech2image_nb. {UPLOAD_HINT}"
+            )
             return note, True
         self._wire_recorder(widget)
         return widget, streaming
@@ -344,9 +353,14 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             text += f" · {activity}"
         return f'<span class="s2i-status">{text}</span>'
 
-    def show_error(self, exc: BaseException) -> str:
-        """Show ``exc`` as one readable line in the panel (and log the traceback at DEBUG)."""
+    def show_error(self, exc: BaseException, *, hint: str = "") -> str:
+        """Show ``exc`` as one readable line in the panel (and log the traceback at DEBUG).
+
+        ``hint`` (another way to go on) is appended to the line.
+        """
         line = describe_error(exc)
+        if hint:
+            line = f"{line} {hint}"
         logger.debug("panel error: %s", line, exc_info=exc)
         self.error_html.value = f'<span class="s2i-error">⚠ {html.escape(line)}</span>'
         return line
@@ -488,8 +502,27 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             self._set_status(activity="")
 
     def _on_recorder_error(self, exc: BaseException) -> None:
-        self.show_error(exc)
+        # The recorder cannot record: point to the upload (VS Code's line already does).
+        self.show_error(exc, hint="" if self.frontend == VSCODE else UPLOAD_HINT)
         self._on_stop()
+
+    def _on_upload(self, upload: UploadedFile) -> None:
+        """A file came through the upload control: transcribe it like a whole take (runtime loop)."""
+        from ..runtime import get_runtime
+
+        self.clear_error()
+        self._set_status(activity=f"reading {upload.name}…")
+        get_runtime().submit(self._transcribe_upload(upload))
+
+    async def _transcribe_upload(self, upload: UploadedFile) -> None:
+        """Check and decode the upload, then on through the whole-take path (transcript, prompt, images)."""
+        try:
+            pcm = await asyncio.get_running_loop().run_in_executor(None, read_upload, upload)
+        except Exception as exc:
+            self.show_error(exc)
+            self._set_status(activity="")
+            return
+        await self._transcribe_take(pcm.astype("<i2").tobytes())
 
     async def _stream_session(self, queue: Any) -> None:
         """Feed the recorder's chunks to the transcriber and apply its events (runtime loop)."""
