@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..audio import AudioSource
     from ..config import Settings
 
-__all__ = ["WhisperTranscriber", "load_model", "resolve_model_path"]
+__all__ = ["WhisperTranscriber", "default_cpu_compute_type", "load_model", "resolve_model_path"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -128,6 +128,18 @@ def _cuda_available() -> bool:
         return False
 
 
+def default_cpu_compute_type() -> str:
+    """``int8`` where the CPU multiplies int8 without saturating (VNNI, ARM), else ``float32``.
+
+    On AVX2-only CPUs CTranslate2's int8 products saturate, and tiny.en hears measurably worse
+    (the word error rates are in ``benchmarks/RESULTS.md``); float32 costs about a third more
+    time there, which a tiny or base model can afford.
+    """
+    from ..cpu import has_int8_dot_product
+
+    return "int8" if has_int8_dot_product() else "float32"
+
+
 def load_model(
     model: str,
     *,
@@ -139,12 +151,12 @@ def load_model(
     """Load (once per process) a ``faster_whisper.WhisperModel``.
 
     ``device="auto"`` picks CUDA when a GPU is visible, else CPU; ``compute_type`` defaults to
-    ``int8`` on CPU (fast, little memory) and ``float16`` on CUDA.
+    ``float16`` on CUDA and, on a CPU, to :func:`default_cpu_compute_type`.
     """
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
     if compute_type is None:
-        compute_type = "float16" if device == "cuda" else "int8"
+        compute_type = "float16" if device == "cuda" else default_cpu_compute_type()
     with _load_lock:  # one load at a time: two threads asking together share the result
         path = resolve_model_path(model, download_root=download_root)
         return _load_cached(os.path.abspath(path), device, compute_type, cpu_threads)
@@ -165,7 +177,8 @@ class WhisperTranscriber:
     model
         Size name, hub repo id, or local CTranslate2 directory; overrides the settings.
     device, compute_type, cpu_threads
-        Where and how the model runs (``auto`` = CUDA when present; ``int8`` on CPU).
+        Where and how the model runs (``auto`` = CUDA when present; on a CPU
+        :func:`default_cpu_compute_type`).
     beam_size
         Beam search width for finals (partials always use greedy decoding, for speed).
     partial_interval_s

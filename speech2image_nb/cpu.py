@@ -1,0 +1,74 @@
+"""What this machine's CPU can do fast, for choosing number formats (int8, bf16, fp32).
+
+Why it matters: the same int8 model gives different answers on different x86 CPUs. Without the
+VNNI dot-product instructions (AVX2-only and early AVX-512 CPUs: many laptops, older servers),
+int8 matrix products go through ``vpmaddubsw``, whose 16-bit intermediate sums saturate (oneDNN's
+"nuances of int8 computations"); with VNNI they do not. Likewise bf16 is fast only where the CPU
+has bf16 instructions; elsewhere it is emulated and slower than fp32. Engines ask here instead of
+assuming the CPU they were measured on.
+
+Nothing is read at import; the answer is computed once, on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+__all__ = ["cpu_flags", "has_fast_bf16", "has_int8_dot_product", "parse_cpuinfo_flags"]
+
+#: flags (as Linux spells them) that give int8 dot products without 16-bit saturation
+_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: flags that make bf16 matrix products native
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: numpy's names for the same features, where /proc/cpuinfo cannot be read (macOS, Windows)
+_NUMPY_NAMES = {"AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, lower case as Linux names them (empty when they cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        text = ""
+    flags = parse_cpuinfo_flags(text)
+    return flags if flags is not None else _numpy_flags()
+
+
+def parse_cpuinfo_flags(text: str) -> frozenset[str] | None:
+    """The first ``flags`` (x86) or ``Features`` (ARM) line of ``/proc/cpuinfo``; None if absent."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def _numpy_flags() -> frozenset[str]:
+    """numpy's view of the CPU (a private table, hence the guard): where /proc/cpuinfo is absent."""
+    import importlib
+
+    features: dict[str, bool] = {}
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            features = getattr(importlib.import_module(module), "__cpu_features__", {})
+            break
+        except ImportError:
+            continue
+    return frozenset(_NUMPY_NAMES.get(name, name.lower()) for name, present in features.items() if present)
+
+
+def _is_arm() -> bool:
+    return platform.machine().lower() in ("arm64", "aarch64")
+
+
+def has_int8_dot_product() -> bool:
+    """True where int8 matrix products are exact to 32 bits: ARM (``sdot``/NEON) or x86 with VNNI."""
+    return _is_arm() or bool(cpu_flags() & _INT8_DOT_FLAGS)
+
+
+def has_fast_bf16() -> bool:
+    """True where the CPU computes bf16 natively (x86 AVX-512 BF16 or AMX)."""
+    return bool(cpu_flags() & _BF16_FLAGS)
