@@ -2,7 +2,8 @@
 
 :class:`Recorder` streams 16 kHz int16 PCM chunks to the kernel while the person speaks;
 :class:`WebRTCRecorder` wraps ipywebrtc (the ``webrtc`` extra) and delivers the whole take after
-stop. Both are imported on first use.
+stop. Both are imported on first use; both are :class:`RecorderLike`, whose ``streams`` says which
+kind a recorder is.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Recorder", "WebRTCRecorder"]
+__all__ = ["Recorder", "RecorderLike", "WebRTCRecorder"]
 
-_LAZY = {"Recorder": ".widget", "WebRTCRecorder": ".webrtc"}
+_LAZY = {"Recorder": ".widget", "RecorderLike": ".callbacks", "WebRTCRecorder": ".webrtc"}
 
 if TYPE_CHECKING:
+    from .callbacks import RecorderLike
     from .webrtc import WebRTCRecorder
     from .widget import Recorder
 
