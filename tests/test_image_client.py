@@ -97,7 +97,7 @@ def test_client_against_our_server_generate_and_stream():
         assert any(isinstance(e, ProgressEvent) and e.preview is not None for e in events)
         images = {e.index: e.image for e in events if isinstance(e, ImageEvent)}
         assert [images[0].tobytes(), images[1].tobytes()] == [i.tobytes() for i in result.images]
-        assert events[-1].seed == 3
+        assert events[-1].seed == 3 and events[-1].engine == "noise"
         with pytest.raises(ServerError) as info:
             client.generate("a boat", bogus_knob=1)
         assert (info.value.status, info.value.code) == (422, "invalid_request")

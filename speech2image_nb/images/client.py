@@ -102,10 +102,11 @@ class ImageEvent:
 
 @dataclasses.dataclass(frozen=True)
 class DoneEvent:
-    """All images were sent."""
+    """All images were sent; ``engine`` names the engine that drew them, when the server says."""
 
     seed: int | None
     timings: dict[str, float]
+    engine: str | None = None
 
 
 StreamEvent = QueuedEvent | ProgressEvent | ImageEvent | DoneEvent
@@ -252,7 +253,12 @@ def stream_event(event: str, data: str) -> StreamEvent | None:
         if event == "image":
             return ImageEvent(int(payload["index"]), decode_image(payload["data"]))
         if event == "done":
-            return DoneEvent(_int_or_none(payload.get("seed")), _number_dict(payload.get("timings")))
+            engine = payload.get("engine")
+            return DoneEvent(
+                _int_or_none(payload.get("seed")),
+                _number_dict(payload.get("timings")),
+                engine if isinstance(engine, str) else None,
+            )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadServerResponse(f"The image server sent a {event!r} event of the wrong shape.") from exc
     if event == "error":
