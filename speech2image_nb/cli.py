@@ -8,9 +8,10 @@
     speech2image run AUDIO --out DIR              transcribe a recording, then save its images
 
 Configured by the same settings as ``app()``: ``ASSEMBLYAI_API_KEY`` (else local Whisper,
-``S2I_WHISPER_MODEL`` may name a local model directory), ``S2I_SERVER_URL`` + ``S2I_SERVER_TOKEN``
-(else an embedded server with ``S2I_IMAGE_ENGINE``, weights from ``S2I_MODEL_DIR``). Heavy modules
-are imported inside the commands, so ``--help`` is instant.
+``S2I_WHISPER_MODEL`` may name a local model directory); the image server is picked as for the
+panel (:mod:`speech2image_nb.images.service`): ``S2I_SERVER_URL`` + ``S2I_SERVER_TOKEN``, else an
+embedded server with ``S2I_IMAGE_ENGINE``, weights from ``S2I_MODEL_DIR``, stopped when the command
+ends. Heavy modules are imported inside the commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def _transcribe(audio: str, engine: str | None) -> str:
 
 def _generate(prompt: str, args: argparse.Namespace) -> list[Path]:
     from .config import Settings
-    from .pipeline import ImageService, new_id, save_images
+    from .images.files import new_id, save_images
+    from .images.service import ImageService
 
     def progress(fraction: float, message: str) -> None:
         logger.info("image server loading: %d%% %s", round(fraction * 100), message)

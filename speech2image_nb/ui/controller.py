@@ -31,7 +31,7 @@ from ..errors import (
     Speech2ImageError,
     TranscriptionError,
 )
-from ..pipeline import new_id
+from ..images.files import new_id
 
 if TYPE_CHECKING:
     from PIL.Image import Image

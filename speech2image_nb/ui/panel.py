@@ -3,7 +3,7 @@
 This module only wires widgets to the parts; it holds no protocol logic. The rules (turns,
 queueing, history, error lines) live in :mod:`speech2image_nb.ui.controller`; speech comes from
 :func:`speech2image_nb.speech.base.get_transcriber`, images from an ``ImageClient`` obtained by
-:class:`speech2image_nb.pipeline.ImageService`.
+:class:`speech2image_nb.images.service.ImageService`.
 
 Threads (DESIGN.md §3): widget handlers run on the kernel's main thread or, on ipykernel 7, on a
 subshell thread, and they only enqueue. Live transcription runs on the runtime loop
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from ..config import Settings
-    from ..pipeline import ImageService
+    from ..images.service import ImageService
     from ..speech.base import Transcriber, TranscriptEvent
 
 __all__ = ["Panel", "app"]
@@ -127,7 +127,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         start: bool = True,
     ) -> None:
         from ..config import Settings
-        from ..pipeline import ImageService
+        from ..images.service import ImageService
 
         self.settings = settings if settings is not None else Settings.resolve()
         self.controller = Controller()
@@ -715,7 +715,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     def save(self, folder: str | None = None) -> list[Path]:
         """Save the images shown now as PNG files named by their id; returns the paths."""
-        from ..pipeline import save_images
+        from ..images.files import save_images
 
         entry = self._shown
         if entry is None:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from speech2image_nb import errors
-from speech2image_nb.pipeline import save_images
+from speech2image_nb.images.files import save_images
 from speech2image_nb.speech.base import TranscriptEvent
 from speech2image_nb.ui.controller import (
     Controller,

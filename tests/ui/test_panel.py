@@ -233,18 +233,18 @@ def test_real_server_wrong_token_and_server_down_are_lines_and_recording_still_w
 
 def test_connect_before_app_makes_the_panel_use_that_server(make_panel):
     """speech2image_nb.connect(url, token) before the panel: the panel draws with that server."""
-    from speech2image_nb.images import client as client_module
+    from speech2image_nb.images import service
     from speech2image_nb.server import start_background
 
     server = start_background("noise", token="colab-token", wait=True)
     try:
-        client_module.connect(server.url, token="colab-token")
+        service.connect(server.url, token="colab-token")
         panel = make_panel(settings=real_settings(), image_service=None, image_count=1)
         assert server.url in panel.status_html.value and "(ready)" in panel.status_html.value
         panel.generate("a red fox")
         assert panel.wait_idle(30) and panel.error_text == "" and len(grid_images(panel)) == 1
     finally:
-        client_module._default_client = None
+        service.disconnect()
         server.stop()
 
 
