@@ -4,6 +4,10 @@ Runs the real server (uvicorn in a thread, 127.0.0.1) with the noise engine at z
 asks for one 256 px JPEG per request through :class:`ImageClient`. The baseline is the engine
 call plus JPEG encoding done in-process, with no HTTP at all. Target: <= 30 ms overhead.
 
+This benchmark is why the server creates its listening socket with ``IPPROTO_TCP``: asyncio turns
+on ``TCP_NODELAY`` only for sockets that name it, and without it every answer waited about 40 ms
+more (Nagle's algorithm meeting the client's delayed ACK).
+
     python benchmarks/server_overhead.py [--requests 200]
 """
 
@@ -14,8 +18,8 @@ import statistics
 import time
 
 from speech2image_nb.images import ImageClient
+from speech2image_nb.images.protocol import encode_image
 from speech2image_nb.server import start_background
-from speech2image_nb.server.app import encode_image
 from speech2image_nb.server.engines.base import ImageJob
 from speech2image_nb.server.engines.noise import NoiseEngine
 

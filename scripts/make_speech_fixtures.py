@@ -8,7 +8,10 @@ differently (tiny.en's word error rate on one prompt swings from 0 to 43 % betwe
 random generator is seeded with the prompt's number, so rerunning the script gives the same files.
 Piper scales each clip to full scale; the peak is set to -1 dBFS so resampling cannot clip. One
 piper prompt is also encoded to webm/Opus, ogg/Opus and mp4/Opus with PyAV, as browsers send them
-(Chrome records mp4 audio as Opus).
+(Chrome records mp4 audio as Opus). The espeak-ng recording of prompt 08 is also copied into the
+package as ``speech2image_nb/data/green_dragon.wav``: the tutorial notebook's recording where there
+is no microphone (espeak-ng rather than Piper, so the package ships no output of a third-party voice
+model; Whisper tiny.en hears it word for word).
 
     python scripts/make_speech_fixtures.py          # needs the [dev] extra and espeak-ng
 """
@@ -16,6 +19,7 @@ piper prompt is also encoded to webm/Opus, ogg/Opus and mp4/Opus with PyAV, as b
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import wave
@@ -25,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
+BUNDLED = ROOT / "speech2image_nb" / "data" / "green_dragon.wav"  # the tutorial's recording
+BUNDLED_SOURCE = "espeak_08.wav"  # "a green dragon reading a book in a library"
 RATE_HZ = 16_000
 PAD_S = 0.3
 PEAK = 0.89  # -1 dBFS: headroom for the resampler
@@ -123,6 +129,8 @@ def main() -> int:
             _write_wav(DATA / name, _pad(speak(text, seed=index)))
             rows.append(f"{index:02d}\t{voice}\t{name}\t{text}")
     (DATA / "refs.tsv").write_text("\n".join(rows) + "\n")
+    BUNDLED.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DATA / BUNDLED_SOURCE, BUNDLED)
 
     # One prompt in the encodings a browser sends, and as a browser's fake-microphone file.
     with wave.open(str(DATA / "piper_01.wav")) as wav:

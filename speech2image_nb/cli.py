@@ -65,14 +65,16 @@ def _speech_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _image_options(parser: argparse.ArgumentParser) -> None:
+    from .images.protocol import DEFAULT_MAX_IMAGES  # pure data: --help stays instant
+
     parser.add_argument("--out", default="speech2image_images", help="folder for the PNG files")
     parser.add_argument(
         "--num-images",
         type=int,
         default=1,
-        choices=range(1, 10),
+        choices=range(1, DEFAULT_MAX_IMAGES + 1),
         metavar="N",
-        help="images to generate, 1-9 (default 1)",
+        help=f"images to generate, 1-{DEFAULT_MAX_IMAGES} (default 1)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random)")
 

@@ -12,11 +12,13 @@ output by accident. Code that must send the value calls :meth:`Secret.reveal` at
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigError
+from .frontend import in_colab
 
 __all__ = ["ENV_VARS", "Secret", "Settings", "ask_secret", "in_colab"]
 
@@ -29,6 +31,11 @@ ENV_VARS: dict[str, str] = {
     "whisper_model": "S2I_WHISPER_MODEL",
     "image_engine": "S2I_IMAGE_ENGINE",
     "model_dir": "S2I_MODEL_DIR",
+    "assemblyai_speech_model": "S2I_ASSEMBLYAI_SPEECH_MODEL",
+    "assemblyai_keyterms": "S2I_ASSEMBLYAI_KEYTERMS",
+    "assemblyai_end_of_turn_confidence_threshold": "S2I_ASSEMBLYAI_END_OF_TURN_CONFIDENCE_THRESHOLD",
+    "assemblyai_min_turn_silence_ms": "S2I_ASSEMBLYAI_MIN_TURN_SILENCE_MS",
+    "assemblyai_max_turn_silence_ms": "S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS",
 }
 
 #: Settings that are secrets: also looked up in Colab's secret store.
@@ -37,6 +44,13 @@ SECRET_FIELDS = frozenset({"assemblyai_api_key", "server_token"})
 DEFAULT_ASSEMBLYAI_STREAMING_URL = "wss://streaming.assemblyai.com/v3/ws"
 DEFAULT_WHISPER_MODEL = "tiny.en"
 DEFAULT_IMAGE_ENGINE = "dalle-mini"
+
+#: AssemblyAI streaming models a user can choose; the service requires one on every session.
+ASSEMBLYAI_SPEECH_MODELS = ("universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro")
+DEFAULT_ASSEMBLYAI_SPEECH_MODEL = "universal-streaming-english"
+#: The service's limits on ``keyterms_prompt``: longer terms are silently ignored, so we refuse them.
+MAX_ASSEMBLYAI_KEYTERMS = 100
+MAX_ASSEMBLYAI_KEYTERM_CHARS = 50
 
 
 class Secret:
@@ -79,13 +93,6 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
-def in_colab() -> bool:
-    """True when running inside a Google Colab kernel."""
-    import sys
-
-    return "google.colab" in sys.modules
-
-
 def _colab_secret(name: str) -> str | None:
     """Read a Colab notebook secret, or None when not in Colab, not granted, or not set."""
     if not in_colab():
@@ -121,6 +128,16 @@ class Settings:
     image_engine: str = DEFAULT_IMAGE_ENGINE
     #: Local directory with the embedded engine's weights; ``None`` means the Hugging Face cache.
     model_dir: str | None = None
+    #: AssemblyAI streaming model (one of :data:`ASSEMBLYAI_SPEECH_MODELS`).
+    assemblyai_speech_model: str = DEFAULT_ASSEMBLYAI_SPEECH_MODEL
+    #: Words AssemblyAI should expect (a class's names and places); at most 100 of 50 characters.
+    assemblyai_keyterms: tuple[str, ...] = ()
+    #: End-of-turn detection (``None``: the service's default). A turn ends after
+    #: ``min_turn_silence_ms`` of silence once the model is ``end_of_turn_confidence_threshold``
+    #: sure (0-1), and after ``max_turn_silence_ms`` of silence in any case.
+    assemblyai_end_of_turn_confidence_threshold: float | None = None
+    assemblyai_min_turn_silence_ms: int | None = None
+    assemblyai_max_turn_silence_ms: int | None = None
 
     @classmethod
     def resolve(
@@ -139,7 +156,9 @@ class Settings:
         colab_secret
             Lookup for Colab secrets (default: ``google.colab.userdata`` when in Colab).
         **overrides
-            Field values; ``None`` means "not given". Secrets may be given as ``str``.
+            Field values; ``None`` means "not given". Secrets may be given as ``str``, key terms as
+            a list of strings, the turn settings as numbers; every value may also be given as the
+            string its environment variable would hold (key terms: comma-separated or a JSON array).
         """
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -160,6 +179,10 @@ class Settings:
             if isinstance(value, Secret):
                 values[name] = value if value else None
                 continue
+            parse = _PARSERS.get(name)
+            if parse is not None:
+                values[name] = parse(value, f"{name} ({var})")
+                continue
             if not isinstance(value, str):
                 raise ConfigError(f"Setting {name} ({var}) must be a string, not {type(value).__name__}.")
             value = value.strip()
@@ -174,11 +197,111 @@ class Settings:
         url = self.assemblyai_streaming_url
         if not url.startswith(("ws://", "wss://")):
             raise ConfigError(f"ASSEMBLYAI_STREAMING_URL must start with ws:// or wss://, got {url!r}.")
+        low, high = self.assemblyai_min_turn_silence_ms, self.assemblyai_max_turn_silence_ms
+        if low is not None and high is not None and low > high:
+            raise ConfigError(
+                f"The AssemblyAI minimum turn silence ({low} ms, S2I_ASSEMBLYAI_MIN_TURN_SILENCE_MS) is "
+                f"longer than the maximum ({high} ms, S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS): lower the "
+                "minimum or raise the maximum."
+            )
 
     @property
     def speech_engine(self) -> str:
         """The speech-to-text engine these settings select: AssemblyAI with a key, else Whisper."""
         return "assemblyai" if self.assemblyai_api_key else "whisper"
+
+
+# --- parsers for the settings that are not plain strings ------------------------------------------
+# Each takes the given value (a string from the environment, or the argument's own type) and the
+# setting's name for the message, and returns the value or None (blank means "not given").
+
+
+def _parse_speech_model(value: Any, name: str) -> str | None:
+    if not isinstance(value, str):
+        raise ConfigError(f"Setting {name} must be a model name, not {type(value).__name__}.")
+    model = value.strip().lower()
+    if not model:
+        return None
+    if model not in ASSEMBLYAI_SPEECH_MODELS:
+        raise ConfigError(
+            f"Unknown AssemblyAI speech model {value.strip()!r} in {name}: choose one of "
+            f"{', '.join(ASSEMBLYAI_SPEECH_MODELS)}."
+        )
+    return model
+
+
+def _parse_keyterms(value: Any, name: str) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ConfigError(
+                    f"Setting {name} is not a valid JSON array: write the terms as "
+                    '["Ada Lovelace", "Timbuktu"] or as Ada Lovelace, Timbuktu.'
+                ) from None
+        else:
+            value = text.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(term, str) for term in value):
+        raise ConfigError(f"Setting {name} must be a list of words or phrases (strings).")
+    terms = tuple(dict.fromkeys(" ".join(term.split()) for term in value if term.strip()))
+    if not terms:
+        return None
+    if len(terms) > MAX_ASSEMBLYAI_KEYTERMS:
+        raise ConfigError(
+            f"Setting {name} has {len(terms)} key terms; AssemblyAI takes at most "
+            f"{MAX_ASSEMBLYAI_KEYTERMS}: keep the ones that matter most."
+        )
+    for term in terms:
+        if len(term) > MAX_ASSEMBLYAI_KEYTERM_CHARS:
+            raise ConfigError(
+                f"The key term {term[:20]!r}... in {name} has {len(term)} characters; AssemblyAI "
+                f"ignores terms over {MAX_ASSEMBLYAI_KEYTERM_CHARS}: shorten or split it."
+            )
+    return terms
+
+
+def _number(value: Any, name: str, kind: type[int] | type[float]) -> int | float | None:
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    elif (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (kind is float or float(value).is_integer())
+    ):
+        return kind(value)
+    what = "a whole number of milliseconds" if kind is int else "a number"
+    raise ConfigError(f"Setting {name} must be {what}, got {value!r}.")
+
+
+def _parse_confidence(value: Any, name: str) -> float | None:
+    number = _number(value, name, float)
+    if number is not None and not 0.0 <= number <= 1.0:
+        raise ConfigError(f"Setting {name} must be between 0 and 1 (a confidence), got {number}.")
+    return number
+
+
+def _parse_ms(value: Any, name: str) -> int | None:
+    number = _number(value, name, int)
+    if number is not None and number < 0:
+        raise ConfigError(f"Setting {name} must be 0 or more milliseconds, got {number}.")
+    return None if number is None else int(number)
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "assemblyai_speech_model": _parse_speech_model,
+    "assemblyai_keyterms": _parse_keyterms,
+    "assemblyai_end_of_turn_confidence_threshold": _parse_confidence,
+    "assemblyai_min_turn_silence_ms": _parse_ms,
+    "assemblyai_max_turn_silence_ms": _parse_ms,
+}
 
 
 def ask_secret(name: str, prompt: str | None = None) -> Secret | None:

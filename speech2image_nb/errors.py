@@ -195,15 +195,17 @@ class ImageServerError(Speech2ImageError):
 class ServerError(ImageServerError):
     """The image server answered with an HTTP error status.
 
-    Carries ``status`` (HTTP status), ``code`` (the server's error code, e.g. ``"queue_full"``)
-    and ``message`` (the server's explanation).
+    Carries ``status`` (HTTP status), ``code`` (the server's error code, e.g. ``"queue_full"``),
+    ``message`` (the server's explanation) and ``retry_after_s`` (whole seconds the server asked
+    to wait before trying again, from its ``Retry-After`` header; ``None`` when it named none).
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(f"The image server answered {status} ({code}): {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class BadServerResponse(ImageServerError):

@@ -1,7 +1,8 @@
 """AssemblyAI streaming against the local fake service: the official SDK, our client, shutdown, errors.
 
-The fake transcribes with a real Whisper tiny.en (tests/fakes/assemblyai.py); audio is sent at real
-time, so the clips are short and sessions run a few at a time.
+The fake transcribes with a real Whisper tiny.en and is as strict as the service
+(tests/fakes/assemblyai.py; each of its rules is provoked by hand in test_assemblyai_service_rules.py).
+Audio is sent at real time, so the clips are short and sessions run a few at a time.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def fake() -> Iterator[FakeAssemblyAI]:
 
 
 def test_official_sdk_completes_a_session_against_the_fake(fake):
-    """assemblyai's own v3 StreamingClient connects, streams, gets formatted turns and Termination."""
+    """assemblyai's own v3 StreamingClient, naming its speech_model, streams and gets formatted turns."""
     from assemblyai.streaming.v3 import (
         StreamingClient,
         StreamingClientOptions,
@@ -109,7 +110,9 @@ def test_official_sdk_completes_a_session_against_the_fake(fake):
     client.on(StreamingEvents.Turn, lambda c, e: seen["turn"].append(e))
     client.on(StreamingEvents.Termination, lambda c, e: seen["end"].append(e))
     client.on(StreamingEvents.Error, lambda c, e: seen["error"].append(e))
-    client.connect(StreamingParameters(sample_rate=16_000, format_turns=True))
+    client.connect(
+        StreamingParameters(sample_rate=16_000, speech_model="universal-streaming-english", format_turns=True)
+    )
 
     pcm = load_pcm("piper_02.wav")
     pcm = np.concatenate([pcm, np.zeros(-len(pcm) % 1600, np.int16)])  # the SDK does not pad the tail
@@ -129,6 +132,70 @@ def test_official_sdk_completes_a_session_against_the_fake(fake):
     assert any(not t.end_of_turn for t in seen["turn"]), "no partial turns"
     session = fake.sessions[-1]
     assert session.query["format_turns"] in ("True", "true") and session.received[-1] == "Terminate"
+    assert session.query["speech_model"] == "universal-streaming-english" and session.close_code == 1000
+
+
+def test_official_sdk_without_speech_model_is_refused_as_by_the_service(fake):
+    """The same SDK session without speech_model gets no Begin, an Error event, and close 3006."""
+    from assemblyai.streaming.v3 import (
+        StreamingClient,
+        StreamingClientOptions,
+        StreamingEvents,
+        StreamingParameters,
+    )
+
+    seen: dict[str, list] = {"begin": [], "error": []}
+    client = StreamingClient(StreamingClientOptions(api_key=KEY, api_host=fake.host))
+    client.on(StreamingEvents.Begin, lambda c, e: seen["begin"].append(e))
+    client.on(StreamingEvents.Error, lambda c, e: seen["error"].append(e))
+    client.connect(StreamingParameters(sample_rate=16_000, format_turns=True))
+    deadline = time.monotonic() + 10 * TIME_FACTOR
+    while not seen["error"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.disconnect(terminate=False)
+    session = fake.sessions[-1]
+    assert "speech_model" not in session.query
+    assert (session.close_code, session.close_reason) == (3006, "Invalid Message: speech_model is required")
+    assert not seen["begin"] and seen["error"], seen
+
+
+def test_our_client_sends_the_required_parameters_and_the_chosen_options(fake):
+    """Model, key terms and turn settings from the environment reach the session, beside sample_rate."""
+    env = {
+        "S2I_ASSEMBLYAI_SPEECH_MODEL": "universal-streaming-multilingual",
+        "S2I_ASSEMBLYAI_KEYTERMS": "Ada Lovelace, Timbuktu",
+        "S2I_ASSEMBLYAI_END_OF_TURN_CONFIDENCE_THRESHOLD": "0.7",
+        "S2I_ASSEMBLYAI_MIN_TURN_SILENCE_MS": "500",
+        "S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS": "2000",
+    }
+    settings = Settings.resolve(
+        environ=env, colab_secret=lambda n: None, assemblyai_api_key=KEY, assemblyai_streaming_url=fake.url
+    )
+    client = AssemblyAITranscriber(settings=settings, terminate_timeout_s=15 * TIME_FACTOR)
+    run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav")))
+    assert fake.sessions[-1].query == {
+        "sample_rate": "16000",
+        "encoding": "pcm_s16le",
+        "speech_model": "universal-streaming-multilingual",
+        "format_turns": "true",
+        "end_of_turn_confidence_threshold": "0.7",
+        "min_turn_silence": "500",
+        "max_turn_silence": "2000",
+        "keyterms_prompt": '["Ada Lovelace", "Timbuktu"]',
+    }
+    assert "snow" in run.text().lower() and fake.sessions[-1].close_code == 1000
+
+
+def test_u3_rt_pro_sessions_give_one_formatted_final_per_turn(fake):
+    """speech_model="u3-rt-pro": the service formats every end of turn itself; the client commits it."""
+    client = AssemblyAITranscriber(
+        settings=settings_for(fake), speech_model="u3-rt-pro", terminate_timeout_s=15 * TIME_FACTOR
+    )
+    run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav")))
+    finals = [e for _, e in run.events if e.kind == "final"]
+    assert finals and all(e.is_formatted for e in finals) and len(finals) == len({e.turn for e in finals})
+    assert fake.sessions[-1].query["speech_model"] == "u3-rt-pro"
+    assert wer("a red fox sitting in the snow", run.text()) <= 0.15
 
 
 def test_piper_fixtures_transcribe_through_our_client(fake, speech_fixtures, capsys):
@@ -196,7 +263,8 @@ def test_closing_right_after_terminate_loses_the_last_sentence(fake):
     async def naive() -> list[dict]:
         got = []
         async with connect(
-            fake.url + "?sample_rate=16000&format_turns=true", additional_headers={"Authorization": KEY}
+            fake.url + "?sample_rate=16000&speech_model=universal-streaming-english&format_turns=true",
+            additional_headers={"Authorization": KEY},
         ) as ws:
             got.append(json.loads(await ws.recv()))
             for chunk in chunk_pcm(load_pcm("piper_01.wav", seconds=1.0), 100):
@@ -263,17 +331,36 @@ def test_http_401_on_handshake_is_an_auth_error():
     assert "HTTP 401" in str(error)
 
 
-def test_audio_faster_than_real_time_closes_3007():
+def test_audio_faster_than_real_time_closes_3007(fake):
     """Without pacing the fake closes 3007 and the client raises AudioRateError with the server's words."""
-    with FakeAssemblyAI(api_key=KEY, rate_slack_s=0.3) as server:
-        error = _expect(server, AudioRateError, seconds=2.5, pace=False)
+    error = _expect(fake, AudioRateError, seconds=2.5, pace=False)
     assert "Audio Transmission Rate Exceeded" in str(error) and error.code == 3007
+    assert fake.sessions[-1].close_code == 3007
+
+
+def test_a_frame_shorter_than_50_ms_closes_3007_and_raises_audio_rate_error(fake):
+    """A 20 ms audio message (our client mangled on the wire) is refused 3007 with the service's reason."""
+    from websockets.asyncio.client import connect
+
+    async def connect_cutting_frames_to_20_ms(*args, **kwargs):
+        ws = await connect(*args, **kwargs)
+        send = ws.send
+
+        async def cut(message, *more, **options):
+            await send(message[:640] if isinstance(message, bytes) else message, *more, **options)
+
+        ws.send = cut
+        return ws
+
+    error = _expect(fake, AudioRateError, connect=connect_cutting_frames_to_20_ms)
+    assert error.code == 3007
+    assert error.reason == "Input duration violation: 20 ms. Expected between 50 and 1000 ms"
+    assert fake.sessions[-1].frame_ms == [20.0]
 
 
 @pytest.mark.parametrize(
     ("code", "reason", "error_class"),
     [
-        (3007, "Input duration violation: 20 ms. Expected between 50 and 1000 ms", AudioRateError),
         (3008, "Session Expired: Maximum session duration exceeded", SessionExpired),
         (3009, "Unauthorized Connection: Too many concurrent sessions", TooManySessions),
         (3005, "Session Cancelled: An error occurred", TranscriptionError),
@@ -289,11 +376,23 @@ def test_close_codes_surface_as_their_error_class(code, reason, error_class):
 
 
 def test_session_limits_are_enforced_for_real():
-    """The fake's own limits: max duration -> SessionExpired, too many sessions -> TooManySessions."""
-    with FakeAssemblyAI(api_key=KEY, max_session_s=0.4) as server:
-        _expect(server, SessionExpired)
+    """A token's max_session_duration_seconds ends the session: SessionExpired; too many: TooManySessions."""
+    with FakeAssemblyAI(api_key=KEY, duration_scale=0.01) as server:  # 60 s sessions last 0.6 s
+        token = create_temporary_token(settings=settings_for(server), max_session_duration_s=60)
+        no_key = Settings.resolve(
+            environ={}, colab_secret=lambda n: None, assemblyai_streaming_url=server.url
+        )
+        client = AssemblyAITranscriber(settings=no_key, token=token, terminate_timeout_s=15 * TIME_FACTOR)
+        with pytest.raises(SessionExpired) as info:
+            asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", seconds=2.0)))
+        session = server.sessions[-1]
+    assert (
+        info.value.code == 3008 and info.value.reason == "Session Expired: Maximum session duration exceeded"
+    )
+    assert session.token == token and 0.3 < session.audio_s < 1.5
     with FakeAssemblyAI(api_key=KEY, max_sessions=0) as server:
-        _expect(server, TooManySessions)
+        error = _expect(server, TooManySessions)
+    assert error.code == 3009 and error.reason == "Unauthorized Connection: Too many concurrent sessions"
 
 
 def test_error_frame_then_close_raises_with_the_server_message():
@@ -352,8 +451,9 @@ def test_temporary_token_is_minted_and_opens_one_session(fake):
     client = AssemblyAITranscriber(settings=no_key, token=token, terminate_timeout_s=15 * TIME_FACTOR)
     run = asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", 1.3)))
     assert run.text() and fake.sessions[-1].authorization is None
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthError) as info:
         asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", 0.5)))
+    assert "Token already used" in str(info.value)
     with pytest.raises(AuthError):
         create_temporary_token(settings=settings_for(fake, "wrong-key"))
 

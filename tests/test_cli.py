@@ -16,8 +16,9 @@ ROOT = Path(__file__).parents[1]
 
 
 def cli(*args, env=None, timeout_s=120):
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    full_env.pop("ASSEMBLYAI_API_KEY", None)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    full_env.pop("ASSEMBLYAI_API_KEY", None)  # local Whisper, unless the test gives a key
+    full_env.update(env or {})
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "speech2image_nb", *args],
@@ -90,6 +91,41 @@ def test_unreachable_server_is_one_line_on_stderr_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("speech2image: ") and len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_transcribe_with_assemblyai_takes_the_session_options_from_the_environment():
+    """S2I_ASSEMBLYAI_* variables choose the model, key terms and turn settings the session opens with."""
+    from tests.fakes.assemblyai import FakeAssemblyAI
+
+    with FakeAssemblyAI(api_key="cli-key") as fake:
+        result = cli(
+            "transcribe",
+            str(DATA_DIR / "piper_01.wav"),
+            env={
+                "ASSEMBLYAI_API_KEY": "cli-key",
+                "ASSEMBLYAI_STREAMING_URL": fake.url,
+                "S2I_ASSEMBLYAI_SPEECH_MODEL": "universal-streaming-multilingual",
+                "S2I_ASSEMBLYAI_KEYTERMS": '["Ada Lovelace", "Timbuktu"]',
+                "S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS": "1500",
+            },
+        )
+        query = fake.sessions[-1].query if fake.sessions else {}
+    assert result.returncode == 0, result.stderr
+    assert "sitting in the snow" in result.stdout.lower()
+    assert query["speech_model"] == "universal-streaming-multilingual"
+    assert query["keyterms_prompt"] == '["Ada Lovelace", "Timbuktu"]' and query["max_turn_silence"] == "1500"
+
+
+def test_a_bad_assemblyai_setting_is_one_line_naming_the_variable():
+    """A misspelt model in S2I_ASSEMBLYAI_SPEECH_MODEL exits 1 naming the variable and the choices."""
+    result = cli(
+        "transcribe",
+        str(DATA_DIR / "piper_01.wav"),
+        env={"ASSEMBLYAI_API_KEY": "cli-key", "S2I_ASSEMBLYAI_SPEECH_MODEL": "universal-english"},
+        timeout_s=60,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "S2I_ASSEMBLYAI_SPEECH_MODEL" in result.stderr and "u3-rt-pro" in result.stderr
 
 
 def test_missing_audio_file_is_a_readable_error(tmp_path):

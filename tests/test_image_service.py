@@ -57,11 +57,14 @@ def test_precedence_is_connect_then_settings_argument_then_environment_then_embe
         server_url="127.0.0.1:2222",
     )
     assert service.choose_server(settings()).label == "embedded noise"
+    assert service.ImageService(settings()).is_embedded
+    assert not any(service.ImageService(each).is_embedded for each in (from_env, from_argument))
     assert service.choose_server(from_env) == service.ServerChoice("settings", "http://127.0.0.1:1111")
     assert service.choose_server(from_argument).label == "127.0.0.1:2222"
     client = service.connect("127.0.0.1:3333", token="t")
     for each in (settings(), from_env, from_argument):
         assert service.choose_server(each) == service.ServerChoice("connect", "http://127.0.0.1:3333", client)
+    assert not service.ImageService(settings()).is_embedded  # connect() beats the embedded server
     service.disconnect()
     assert service.choose_server(from_env).source == "settings"
 

@@ -58,3 +58,21 @@ def test_public_api_is_exactly_all_and_every_name_resolves():
 
     assert speech2image_nb.connect is service.connect and speech2image_nb.generate is service.generate
     assert issubclass(speech2image_nb.Speech2ImageError, Exception)
+
+
+def test_tutorial_recording_is_small_package_data_copied_from_the_fixtures():
+    """The tutorial's no-microphone recording is package data, under 150 KB, a copy of fixture espeak_08."""
+    import fnmatch
+    from importlib.resources import files
+
+    import speech2image_nb
+    from tests.conftest import DATA_DIR, load_speech_fixtures
+
+    bundled = Path(str(files(speech2image_nb) / "data" / "green_dragon.wav"))
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    relative = bundled.relative_to(Path(speech2image_nb.__file__).parent).as_posix()
+    assert any(fnmatch.fnmatch(relative, p) for p in patterns["speech2image_nb"]), relative
+    assert bundled.stat().st_size < 150_000
+    assert bundled.read_bytes() == (DATA_DIR / "espeak_08.wav").read_bytes()
+    texts = {f.path.name: f.text for f in load_speech_fixtures()}
+    assert texts["espeak_08.wav"] == "a green dragon reading a book in a library"

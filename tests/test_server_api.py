@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 
 from speech2image_nb.errors import ConfigError, EngineError
-from speech2image_nb.server.app import ApiError, parse_generate_body
+from speech2image_nb.images.protocol import RequestLimits, RequestRejected, parse_generate_request
 from speech2image_nb.server.engines import DEFAULT_ENGINE, create_engine
 from speech2image_nb.server.engines.noise import NoiseEngine
 
@@ -129,7 +129,7 @@ def test_extensions_seed_format_options_and_timings(server):
         (b'{"num_images": 1}', 422, "invalid_request"),
         (b'{"text": "   "}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": 0}', 422, "invalid_request"),
-        (b'{"text": "a", "num_images": 10}', 422, "invalid_request"),
+        (b'{"text": "a", "num_images": 11}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": "3"}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": 2.5}', 422, "invalid_request"),
         (b'{"text": "a", "num_images": true}', 422, "invalid_request"),
@@ -137,7 +137,7 @@ def test_extensions_seed_format_options_and_timings(server):
         (b'{"text": "a", "image_format": "gif"}', 422, "invalid_request"),
         (b'{"text": "a", "temprature": 1.0}', 422, "invalid_request"),
         (b'{"text": "a", "steps": 0}', 422, "invalid_request"),
-        (json.dumps({"text": "a" * 501}).encode(), 422, "invalid_request"),
+        (json.dumps({"text": "a " * 2501}).encode(), 413, "prompt_too_long"),
         (b'{"text": "a", "\\udfff": 1}', 422, "invalid_request"),
         (json.dumps({"text": "a", "pad": "x" * 70_000}).encode(), 413, "payload_too_large"),
     ],
@@ -272,16 +272,19 @@ def test_path_traversal_prompt_never_reaches_a_path(tmp_path):
         assert set(tmp_path.rglob("*")) == before
 
 
-def test_parse_generate_body_is_pure_and_strict():
-    """parse_generate_body validates without a server: trimmed text, defaults, typed errors."""
+def test_parse_generate_request_is_pure_and_strict():
+    """parse_generate_request validates without a server: trimmed text, defaults, typed errors."""
     engine = NoiseEngine()
-    req = parse_generate_body(
-        b'{"text": " a ", "temperature": 2}', engine=engine, max_images=9, max_prompt_chars=10
+    limits = RequestLimits(max_images=9, max_prompt_chars=10)
+    req = parse_generate_request(
+        b'{"text": " a ", "temperature": 2}', limits=limits, validate_options=engine.validate_options
     )
     assert (req.text, req.num_images, req.seed, req.image_format) == ("a", 1, None, "jpeg")
     assert req.options == {"temperature": 2.0}
-    with pytest.raises(ApiError) as info:
-        parse_generate_body(b'{"text": "a", "x": 1}', engine=engine, max_images=9, max_prompt_chars=10)
+    with pytest.raises(RequestRejected) as info:
+        parse_generate_request(
+            b'{"text": "a", "x": 1}', limits=limits, validate_options=engine.validate_options
+        )
     assert (info.value.status, info.value.code) == (422, "invalid_request")
 
 

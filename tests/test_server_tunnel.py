@@ -17,7 +17,13 @@ import requests
 
 from speech2image_nb.errors import ConfigError, ServiceUnreachable
 from speech2image_nb.server import tunnel as tunnel_module
-from speech2image_nb.server.tunnel import NGROK_URL_RE, connect_line, find_cloudflared, open_tunnel
+from speech2image_nb.server.tunnel import (
+    NGROK_URL_RE,
+    connect_line,
+    find_cloudflared,
+    open_tunnel,
+    playground_url,
+)
 
 from .conftest import TIME_FACTOR
 from .image_server_utils import StandIn, send
@@ -135,8 +141,8 @@ def test_cloudflared_download_is_checked_against_its_checksum(tmp_path, monkeypa
 
 
 def test_server_command_with_tunnel_prints_url_token_and_connect_line(tmp_path):
-    """`python -m speech2image_nb.server --tunnel cloudflared` creates a token, prints URL/token/connect line,
-    enforces the token, and Ctrl-C stops the server and the tunnel."""
+    """`python -m speech2image_nb.server --tunnel cloudflared` creates a token, prints URL/token/connect line
+    and the Playground backend URL, enforces the token, and Ctrl-C stops the server and the tunnel."""
     script, record = stand_in(tmp_path, "ok")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env.pop("S2I_SERVER_TOKEN", None)
@@ -176,6 +182,7 @@ def test_server_command_with_tunnel_prints_url_token_and_connect_line(tmp_path):
         token = re.search(r"^token: (\S+)$", text, re.M).group(1)
         assert f"public URL: {PUBLIC_URL}" in text
         assert f'speech2image_nb.connect("{PUBLIC_URL}", token="{token}")' in text
+        assert f"DALL-E Playground backend URL: {PUBLIC_URL}/t/{token}" in text
         assert len(token) >= 24
         tunnel_args = json.loads(record.read_text())["argv"]
         assert tunnel_args[tunnel_args.index("--url") + 1] == local
@@ -185,6 +192,8 @@ def test_server_command_with_tunnel_prints_url_token_and_connect_line(tmp_path):
             local + "/generate", data=body, headers={"Authorization": f"Bearer {token}"}, timeout=10
         )
         assert ok.status_code == 200
+        in_url = requests.post(f"{local}/t/{token}/generate", data=body, timeout=10)
+        assert in_url.status_code == 200 and len(in_url.json()["generatedImgs"]) == 1
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(15)
@@ -203,3 +212,7 @@ def test_unknown_engine_exits_with_a_message(capsys):
     assert main(["--engine", "no-such-engine", "--port", "0"]) == 2
     assert "Unknown image engine" in capsys.readouterr().err
     assert connect_line("https://x", None) == 'speech2image_nb.connect("https://x")'
+    assert (
+        playground_url("https://x/", "tok") == "https://x/t/tok"
+        and playground_url("https://x", None) == "https://x"
+    )

@@ -101,6 +101,11 @@ class ImageService:
         self._engine = ""
         self._lock = threading.Lock()
 
+    @property
+    def is_embedded(self) -> bool:
+        """True when this service draws with a server it starts in this process (the third way)."""
+        return (self._choice or choose_server(self.settings)).source == "embedded"
+
     def describe(self) -> str:
         """A short name for the status line: the URL, or "embedded <engine>"."""
         choice = self._choice or choose_server(self.settings)
@@ -242,7 +247,8 @@ def generate(
     prompt
         What to draw.
     num_images
-        How many images (the server's limit applies, 9 by default).
+        How many images (the server's limit applies: ``DEFAULT_MAX_IMAGES`` of
+        :mod:`~speech2image_nb.images.protocol` unless it was started with another).
     seed
         Same seed and prompt, same images; ``None`` lets the server pick (and report) one.
     image_format

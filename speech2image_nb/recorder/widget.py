@@ -48,9 +48,10 @@ from ..errors import (
     MicrophoneUnavailable,
     RecorderError,
 )
+from ..frontend import COLAB, VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend, enable_colab_widgets
 from .callbacks import RecorderCallbacks
 
-__all__ = ["ERROR_MESSAGES", "Recorder", "recorder_error"]
+__all__ = ["ERROR_MESSAGES", "FRONTEND_MESSAGES", "Recorder", "recorder_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,36 @@ ERROR_MESSAGES: dict[str, str] = {
     ),
 }
 
+#: Where a front end needs another fix than :data:`ERROR_MESSAGES` gives: Colab has no "reload the
+#: page" (its outputs come back by running the cell), and VS Code gives notebooks no microphone.
+FRONTEND_MESSAGES: dict[Frontend, dict[str, str]] = {
+    COLAB: {
+        "frontend-not-loaded": (
+            "The recorder's JavaScript did not answer: run this cell again (if it still does not show, "
+            "choose Runtime > Restart session, then run all cells)."
+        ),
+        "audio-context": (
+            "The browser could not start audio processing: run this cell again and press record, "
+            "or use an up-to-date Chrome, Edge or Firefox."
+        ),
+    },
+    VSCODE: {code: VSCODE_NO_MICROPHONE for code in _ERROR_CLASSES},
+}
+
 PCM = npt.NDArray[np.int16]
 
 
-def recorder_error(code: str, message: str = "", *, detail: str = "") -> RecorderError:
-    """The :class:`RecorderError` subclass for a front-end error ``code``, with a clear message."""
+def recorder_error(
+    code: str, message: str = "", *, detail: str = "", frontend: Frontend = "jupyter"
+) -> RecorderError:
+    """The :class:`RecorderError` subclass for a front-end error ``code``, with a clear message.
+
+    ``frontend`` (see :mod:`speech2image_nb.frontend`) picks the fix that works there; elsewhere
+    the browser's own ``message`` (the same texts as :data:`ERROR_MESSAGES`) is kept.
+    """
     cls = _ERROR_CLASSES.get(code, RecorderError)
-    text = message or ERROR_MESSAGES.get(code, "The recorder failed in the browser.")
+    specific = FRONTEND_MESSAGES.get(frontend, {}).get(code)
+    text = specific or message or ERROR_MESSAGES.get(code, "The recorder failed in the browser.")
     return cls(text, detail=detail)
 
 
@@ -146,7 +170,9 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
 
     Notes
     -----
-    In Google Colab, anywidget enables Colab's custom widget manager when the widget is built.
+    In Google Colab the constructor enables Colab's custom widget manager first (once per
+    kernel), so the widget renders wherever it is displayed; error texts there and in VS Code
+    give the fix that works in that front end (:data:`FRONTEND_MESSAGES`).
     """
 
     _esm = Path(__file__).parent / "recorder.js"
@@ -177,6 +203,7 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
             raise ValueError(f"max_seconds must be >= 0 (0 = no limit), not {max_seconds}")
         if frontend_timeout_s <= 0:
             raise ValueError(f"frontend_timeout_s must be > 0, not {frontend_timeout_s}")
+        enable_colab_widgets()  # before anything can be displayed
         super().__init__(
             chunk_ms=chunk_ms,
             max_seconds=max_seconds,
@@ -184,6 +211,7 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
             _instance_id=uuid.uuid4().hex,
         )
         self.frontend_timeout_s = frontend_timeout_s
+        self.frontend = detect_frontend()  # which fixes the error texts name
         self._lock = threading.Lock()
         self._chunks: list[bytes] = []
         self._sample_count = 0
@@ -243,7 +271,7 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         if self._frontend_seen.is_set() or self.comm is None:
             return
         logger.warning("recorder front end did not answer within %.1f s", self.frontend_timeout_s)
-        self._report_error(recorder_error("frontend-not-loaded"))
+        self._report_error(recorder_error("frontend-not-loaded", frontend=self.frontend))
 
     def _send(self, msg: Any, buffers: Any = None) -> None:
         # Every kernel -> front-end message of this widget (state updates, custom) passes here.
@@ -268,9 +296,8 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
             self._handle_stopped(content)
         elif kind == "error":
             code = str(content.get("code", ""))
-            self._report_error(
-                recorder_error(code, str(content.get("message", "")), detail=str(content.get("detail", "")))
-            )
+            message, detail = str(content.get("message", "")), str(content.get("detail", ""))
+            self._report_error(recorder_error(code, message, detail=detail, frontend=self.frontend))
         elif kind in ("hello", "pong"):
             self._handle_hello()
         else:
@@ -282,7 +309,8 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         timer, self._frontend_timer = self._frontend_timer, None
         if timer is not None:
             timer.cancel()
-        if first and self.status == "error" and self.error == ERROR_MESSAGES["frontend-not-loaded"]:
+        not_loaded = recorder_error("frontend-not-loaded", frontend=self.frontend)
+        if first and self.status == "error" and self.error == str(not_loaded):
             # The view came after all (e.g. a slow page): the earlier report no longer holds.
             self.error = ""
             self.status = "idle"

@@ -11,13 +11,19 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, ServerUnreachable
+from ..images.protocol import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PROMPT_CHARS
+from .batcher import DEFAULT_BATCH_WAIT_S
+from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from .app import create_app
     from .engines.base import Engine, LoadProgress
 
 __all__ = ["BackgroundServer", "create_app", "start_background"]
@@ -28,11 +34,13 @@ DEFAULT_READY_TIMEOUT_S = 600.0  # a first download of DALL-E mega weights can t
 STOP_TIMEOUT_S = 10.0
 
 
-def create_app(engine: Engine, **kwargs: Any) -> FastAPI:
-    """Build the FastAPI app around ``engine``; see :func:`speech2image_nb.server.app.create_app`."""
-    from .app import create_app as _create_app
+def __getattr__(name: str) -> Any:
+    """``create_app`` is served from :mod:`.app` on first use, so importing this package loads no FastAPI."""
+    if name == "create_app":
+        from .app import create_app
 
-    return _create_app(engine, **kwargs)
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BackgroundServer:
@@ -59,7 +67,7 @@ class BackgroundServer:
         self.error: BaseException | None = None
         self._socket = socket.socket(
             socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-        )  # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that name it (else +40 ms per answer)
+        )  # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that name it (else Nagle delays answers)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._socket.bind((host, port))
@@ -152,7 +160,14 @@ def start_background(
     wait: bool = True,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     access_log: bool = False,
-    **limits: Any,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_batch: int | None = None,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    save_dir: str | Path | None = None,
+    cors_origins: Sequence[str] = ("*",),
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
 ) -> BackgroundServer:
     """Start an image server in a background thread of this process.
 
@@ -170,15 +185,31 @@ def start_background(
         ``(fraction, message)`` while the engine loads.
     wait
         Block until the engine is loaded (``ready_timeout_s`` at most).
-    **limits
-        ``max_images``, ``max_prompt_chars``, ``max_queue``, ``max_batch``, ``request_timeout_s``,
-        ``save_dir``, ``cors_origins``, ``batch_wait_s`` (see :func:`create_app`).
+    access_log
+        Log every request (uvicorn's access log).
+    max_images, max_prompt_chars, max_queue, max_batch, request_timeout_s
+        Limits, as for :func:`~speech2image_nb.server.app.create_app`.
+    save_dir, cors_origins, batch_wait_s
+        As for :func:`~speech2image_nb.server.app.create_app`.
     """
+    from .app import create_app
     from .engines import create_engine
 
     if isinstance(engine, str):
         engine = create_engine(engine, model_dir=model_dir)
-    app = create_app(engine, token=token, load_progress=on_progress, **limits)
+    app = create_app(
+        engine,
+        token=token,
+        max_images=max_images,
+        max_prompt_chars=max_prompt_chars,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        request_timeout_s=request_timeout_s,
+        save_dir=save_dir,
+        cors_origins=cors_origins,
+        load_progress=on_progress,
+        batch_wait_s=batch_wait_s,
+    )
     server = BackgroundServer(app, host=host, port=port, token=token, access_log=access_log).start()
     if wait:
         try:

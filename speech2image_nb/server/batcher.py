@@ -26,7 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
+from ..images.protocol import ImageEvent, ProgressEvent, QueuedEvent
 from .engines.base import Engine, ImageJob
+from .settings import DEFAULT_MAX_QUEUE
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,28 +51,10 @@ class QueueFullError(Exception):
         self.retry_after_s = retry_after_s
 
 
-@dataclasses.dataclass(frozen=True)
-class Queued:
-    """The request waits; ``position`` requests are ahead of it (0 = next)."""
-
-    position: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """The engine reached ``step`` of ``total``; ``preview`` is this request's first image so far."""
-
-    step: int
-    total: int
-    preview: Image.Image | None
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageReady:
-    """Image ``index`` of the request is finished."""
-
-    index: int
-    image: Image.Image
+#: the batcher reports with the wire's own events (the names are kept for the server's readers)
+Queued = QueuedEvent
+Progress = ProgressEvent
+ImageReady = ImageEvent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +64,7 @@ class Failed:
     error: BaseException
 
 
-Event = Queued | Progress | ImageReady | Failed
+Event = QueuedEvent | ProgressEvent | ImageEvent | Failed
 
 
 class Ticket:
@@ -124,7 +108,7 @@ class Ticket:
     def push(self, event: Event) -> None:
         """Hand an event to a streaming consumer (on the event loop)."""
         if self.events is not None and not self.cancelled:
-            if isinstance(event, Queued):
+            if isinstance(event, QueuedEvent):
                 if event.position == self._last_position:
                     return
                 self._last_position = event.position
@@ -135,7 +119,7 @@ class Ticket:
         if self.cancelled or self.future.done():
             return
         self.images[index] = image
-        self.push(ImageReady(index, image))
+        self.push(ImageEvent(index, image))
         if all(img is not None for img in self.images):
             self.future.set_result([img for img in self.images if img is not None])
 
@@ -175,7 +159,7 @@ class Batcher:
         engine: Engine,
         *,
         max_batch: int | None = None,
-        max_queue: int = 64,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
         batch_gap_s: float = DEFAULT_BATCH_GAP_S,
     ) -> None:
@@ -251,7 +235,7 @@ class Batcher:
         ticket = Ticket(
             prompt=prompt, seed=seed, num_images=num_images, options=options, loop=self._loop, stream=stream
         )
-        ticket.push(Queued(len(self._queue)))
+        ticket.push(QueuedEvent(len(self._queue)))
         self._queue.append(ticket)
         self._arrivals += 1
         self._wakeup.set()
@@ -307,7 +291,7 @@ class Batcher:
                 break
         self._queue = collections.deque(t for t in self._queue if t.pending)
         for position, ticket in enumerate(self._queue):
-            ticket.push(Queued(position))
+            ticket.push(QueuedEvent(position))
         return batch
 
     async def _run_batch(self, batch: Sequence[tuple[Ticket, int]]) -> None:
@@ -327,7 +311,7 @@ class Batcher:
         def on_progress(step: int, total: int, previews: Sequence[Image.Image] | None) -> None:
             for ticket in streaming:
                 preview = previews[first_slot[ticket]] if previews else None
-                loop.call_soon_threadsafe(ticket.push, Progress(step, total, preview))
+                loop.call_soon_threadsafe(ticket.push, ProgressEvent(step, total, preview))
 
         def call() -> list[Image.Image]:
             return self.engine.generate(jobs, on_progress=on_progress if streaming else None)

@@ -13,9 +13,15 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..errors import Speech2ImageError
+from ..images.protocol import RequestLimits
+from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from . import BackgroundServer
+    from .tunnel import Tunnel
 
 __all__ = ["build_parser", "main"]
 
@@ -48,12 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cloudflared", help="path of the cloudflared executable (default: PATH or download)"
     )
-    parser.add_argument("--max-images", type=int, default=9, help="images per request (default 9)")
-    parser.add_argument("--max-prompt-chars", type=int, default=500, help="prompt length (default 500)")
-    parser.add_argument("--max-queue", type=int, default=64, help="waiting requests (default 64)")
+    limits = RequestLimits()
+    parser.add_argument(
+        "--max-images", type=int, default=limits.max_images, help="images per request (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=limits.max_prompt_chars,
+        help="characters read from a prompt when the engine does not say how many tokens it reads; "
+        "the rest is cut off (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="waiting requests (default %(default)s)"
+    )
     parser.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's)")
     parser.add_argument(
-        "--request-timeout", type=float, default=300.0, help="seconds per request (default 300)"
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="seconds per request (default %(default)g)",
     )
     parser.add_argument("--save-dir", help="also save every image here (files named by a random id)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
@@ -76,70 +96,89 @@ class _ProgressBar:
         self.stream.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until Ctrl-C; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = sys.stdout
+def _choose_token(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """The token to require, and whether this program created it (a tunnel without --no-auth)."""
     token = None if args.no_auth else (args.token or os.environ.get(TOKEN_ENV) or None)
-    created_token = False
     if args.tunnel and token is None and not args.no_auth:
-        token = secrets.token_urlsafe(24)
-        created_token = True
+        return secrets.token_urlsafe(24), True
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: listening on {args.host} without a token; anyone who can reach it can use it.",
             file=sys.stderr,
         )
+    return token, False
 
+
+def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServer:
     from . import start_background
     from .engines import create_engine
-    from .tunnel import connect_line, open_tunnel
 
-    server = None
-    tunnel = None
+    engine = create_engine(args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype)
+    print(f"loading engine {args.engine} ...", flush=True)
+    return start_background(
+        engine,
+        host=args.host,
+        port=args.port,
+        token=token,
+        on_progress=_ProgressBar(sys.stderr),
+        access_log=not args.quiet,
+        max_images=args.max_images,
+        max_prompt_chars=args.max_prompt_chars,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        request_timeout_s=args.request_timeout,
+        save_dir=args.save_dir,
+    )
+
+
+def _open_tunnel(args: argparse.Namespace, server: BackgroundServer) -> Tunnel:
+    from .tunnel import open_tunnel
+
+    port = int(server.url.rsplit(":", 1)[1])
+    local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    return open_tunnel(
+        args.tunnel,
+        port,
+        host=local_host,
+        executable=args.cloudflared if args.tunnel == "cloudflared" else None,
+        ngrok_token=args.ngrok_token,
+    )
+
+
+def _print_how_to_connect(public_url: str, token: str | None, *, created_token: bool) -> None:
+    """The lines a user copies: the token (only one this program made), the backend URL for
+    DALL-E Playground's web UI, and the connect() call for a notebook."""
+    from .tunnel import connect_line, playground_url
+
+    if token is not None and created_token:
+        print(f"token: {token}")
+        print(f"DALL-E Playground backend URL: {playground_url(public_url, token)}")
+        print(f"in your notebook: {connect_line(public_url, token)}", flush=True)
+    elif token is not None:
+        placeholder = f"<your {TOKEN_ENV}>"
+        print(f"DALL-E Playground backend URL: {playground_url(public_url, placeholder)}")
+        print(f'in your notebook: speech2image_nb.connect("{public_url}", token={placeholder})', flush=True)
+    else:
+        print(f"DALL-E Playground backend URL: {public_url}")
+        print(f"in your notebook: {connect_line(public_url, None)}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until Ctrl-C; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    token, created_token = _choose_token(args)
+    server: BackgroundServer | None = None
+    tunnel: Tunnel | None = None
     try:
-        engine = create_engine(args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype)
-        print(f"loading engine {args.engine} ...", file=out, flush=True)
-        server = start_background(
-            engine,
-            host=args.host,
-            port=args.port,
-            token=token,
-            on_progress=_ProgressBar(sys.stderr),
-            access_log=not args.quiet,
-            max_images=args.max_images,
-            max_prompt_chars=args.max_prompt_chars,
-            max_queue=args.max_queue,
-            max_batch=args.max_batch,
-            request_timeout_s=args.request_timeout,
-            save_dir=args.save_dir,
-        )
-        print(f"ready: image server at {server.url} (engine {args.engine})", file=out, flush=True)
+        server = _start_server(args, token)
+        print(f"ready: image server at {server.url} (engine {args.engine})", flush=True)
         public_url = server.url
         if args.tunnel:
-            port = int(server.url.rsplit(":", 1)[1])
-            local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-            tunnel = open_tunnel(
-                args.tunnel,
-                port,
-                host=local_host,
-                executable=args.cloudflared if args.tunnel == "cloudflared" else None,
-                ngrok_token=args.ngrok_token,
-            )
+            tunnel = _open_tunnel(args, server)
             public_url = tunnel.public_url
-            print(f"public URL: {public_url}", file=out)
-        if token is not None and created_token:
-            print(f"token: {token}", file=out)
-            print(f"in your notebook: {connect_line(public_url, token)}", file=out, flush=True)
-        elif token is not None:
-            print(
-                f'in your notebook: speech2image_nb.connect("{public_url}", token=<your {TOKEN_ENV}>)',
-                file=out,
-                flush=True,
-            )
-        else:
-            print(f"in your notebook: {connect_line(public_url, None)}", file=out, flush=True)
+            print(f"public URL: {public_url}")
+        _print_how_to_connect(public_url, token, created_token=created_token)
         while not server.join(1.0):
             if tunnel is not None and not tunnel.alive:
                 print("the tunnel process ended; stopping.", file=sys.stderr)

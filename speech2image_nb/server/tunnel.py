@@ -28,8 +28,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, ServiceUnreachable
+from ..images.protocol import URL_TOKEN_PREFIX
 
-__all__ = ["Tunnel", "connect_line", "find_cloudflared", "open_tunnel", "start_tunnel_process"]
+__all__ = [
+    "Tunnel",
+    "connect_line",
+    "find_cloudflared",
+    "open_tunnel",
+    "playground_url",
+    "start_tunnel_process",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,13 @@ def connect_line(url: str, token: str | None) -> str:
     if token is None:
         return f'speech2image_nb.connect("{url}")'
     return f'speech2image_nb.connect("{url}", token="{token}")'
+
+
+def playground_url(url: str, token: str | None) -> str:
+    """The backend URL to paste into DALL-E Playground's web UI: the token rides in the path,
+    because the UI cannot send an ``Authorization`` header."""
+    base = url.rstrip("/")
+    return base if token is None else f"{base}{URL_TOKEN_PREFIX}{token}"
 
 
 def _cloudflared_asset() -> str:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthError, ConfigError, ServiceUnreachable, TranscriptionError
@@ -77,10 +77,14 @@ class AssemblyAITranscriber:
     token
         A temporary token (see :func:`create_temporary_token`) to use instead of the API key;
         it is sent in the URL, as the service documents.
-    speech_model, format_turns, keyterms
-        Session options (model name, punctuated copies of finished turns, words to favour).
+    speech_model, keyterms
+        The streaming model and the words to expect (names, places); ``None`` takes them from
+        ``settings`` (``S2I_ASSEMBLYAI_SPEECH_MODEL``, ``S2I_ASSEMBLYAI_KEYTERMS``).
     end_of_turn_confidence_threshold, min_turn_silence_ms, max_turn_silence_ms
-        Turn detection knobs (see :class:`~.assemblyai_protocol.StreamingParams`).
+        Turn detection (see :class:`~.assemblyai_protocol.StreamingParams`); ``None`` takes them
+        from ``settings``, whose ``None`` leaves them to the service.
+    format_turns
+        Ask for a punctuated, cased copy of every finished turn.
     frame_ms
         Audio frame length sent per WebSocket message (50-200 ms).
     pace
@@ -103,12 +107,12 @@ class AssemblyAITranscriber:
         *,
         settings: Settings | None = None,
         token: str | None = None,
-        speech_model: str = proto.DEFAULT_SPEECH_MODEL,
+        speech_model: str | None = None,
         format_turns: bool = True,
         end_of_turn_confidence_threshold: float | None = None,
         min_turn_silence_ms: int | None = None,
         max_turn_silence_ms: int | None = None,
-        keyterms: tuple[str, ...] = (),
+        keyterms: Sequence[str] | None = None,
         frame_ms: int = 100,
         pace: bool = True,
         force_endpoint_on_stop: bool = False,
@@ -125,13 +129,19 @@ class AssemblyAITranscriber:
 
             settings = Settings.resolve()
         self.settings = settings
+
+        def given(value: Any, setting: Any) -> Any:
+            return setting if value is None else value
+
         self.params = proto.StreamingParams(
-            speech_model=speech_model,
+            speech_model=given(speech_model, settings.assemblyai_speech_model),
             format_turns=format_turns,
-            end_of_turn_confidence_threshold=end_of_turn_confidence_threshold,
-            min_turn_silence_ms=min_turn_silence_ms,
-            max_turn_silence_ms=max_turn_silence_ms,
-            keyterms_prompt=tuple(keyterms),
+            end_of_turn_confidence_threshold=given(
+                end_of_turn_confidence_threshold, settings.assemblyai_end_of_turn_confidence_threshold
+            ),
+            min_turn_silence_ms=given(min_turn_silence_ms, settings.assemblyai_min_turn_silence_ms),
+            max_turn_silence_ms=given(max_turn_silence_ms, settings.assemblyai_max_turn_silence_ms),
+            keyterms_prompt=tuple(given(keyterms, settings.assemblyai_keyterms)),
         )
         proto.Rechunker(frame_ms=frame_ms)  # validates frame_ms now, not mid-session
         self.frame_ms = frame_ms

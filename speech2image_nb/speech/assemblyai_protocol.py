@@ -5,6 +5,8 @@ strings; :mod:`speech2image_nb.speech.assemblyai` does the network I/O around it
 facts come from the v3 documentation and the official SDK (see the project's
 ``specs/assemblyai-streaming.md``):
 
+- every session names its ``speech_model`` (the service has no default and refuses a session
+  without one) and its ``sample_rate``;
 - audio goes as binary frames of raw PCM, 50-1000 ms each (the SDK keeps to 50-200 ms, and so do
   we), sent no faster than real time;
 - the server answers with JSON text frames discriminated by ``type``: ``Begin`` first, then
@@ -20,6 +22,11 @@ import json
 from typing import Any, Union
 from urllib.parse import urlencode
 
+from ..config import (
+    DEFAULT_ASSEMBLYAI_SPEECH_MODEL,
+    MAX_ASSEMBLYAI_KEYTERM_CHARS,
+    MAX_ASSEMBLYAI_KEYTERMS,
+)
 from ..errors import (
     AudioRateError,
     AuthError,
@@ -53,8 +60,8 @@ __all__ = [
     "token_url",
 ]
 
-#: English Universal-Streaming, the model the v3 docs and SDK used as the default.
-DEFAULT_SPEECH_MODEL = "universal-streaming-english"
+#: English Universal-Streaming (the service requires a model; this is ours when none is chosen).
+DEFAULT_SPEECH_MODEL = DEFAULT_ASSEMBLYAI_SPEECH_MODEL
 
 MIN_FRAME_MS = 50  # the server closes with 3007 below this
 MAX_FRAME_MS = 200  # the documented ceiling is 1000 ms; the official SDK keeps to 200 ms
@@ -73,9 +80,10 @@ SERVICE = "AssemblyAI"
 class StreamingParams:
     """Query parameters of a v3 streaming session (``None`` = leave to the server's default).
 
-    Turn detection: a turn ends when the model is at least ``end_of_turn_confidence_threshold``
-    sure and ``min_turn_silence_ms`` of silence passed, or after ``max_turn_silence_ms`` of
-    silence in any case.
+    ``sample_rate_hz``, ``encoding`` and ``speech_model`` are always sent. Turn detection: a turn
+    ends when the model is at least ``end_of_turn_confidence_threshold`` sure and
+    ``min_turn_silence_ms`` of silence passed, or after ``max_turn_silence_ms`` of silence in any
+    case. ``keyterms_prompt``: words to expect (at most 100, of at most 50 characters each).
     """
 
     sample_rate_hz: int = 16_000
@@ -97,6 +105,19 @@ class StreamingParams:
             raise ValueError(f"end_of_turn_confidence_threshold must be in [0, 1], got {threshold}")
         if self.inactivity_timeout_s is not None and not 5 <= self.inactivity_timeout_s <= 3600:
             raise ValueError("inactivity_timeout_s must be between 5 and 3600 s")
+        if not self.speech_model:
+            raise ValueError("speech_model is required by the service")
+        for name in ("min_turn_silence_ms", "max_turn_silence_ms"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be 0 or more, got {value}")
+        if len(self.keyterms_prompt) > MAX_ASSEMBLYAI_KEYTERMS or any(
+            len(term) > MAX_ASSEMBLYAI_KEYTERM_CHARS for term in self.keyterms_prompt
+        ):
+            raise ValueError(
+                f"keyterms_prompt takes at most {MAX_ASSEMBLYAI_KEYTERMS} terms of at most "
+                f"{MAX_ASSEMBLYAI_KEYTERM_CHARS} characters"
+            )
 
     def query(self) -> dict[str, str]:
         """The query string items, as the service spells them (booleans as ``true``/``false``)."""

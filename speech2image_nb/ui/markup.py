@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 PREVIEW_QUALITY = 85  # JPEG quality of what the grid shows
-_MAX_CACHED = 64  # data URLs kept; a grid holds at most 9 images, the history restores others
+_MAX_CACHED = 64  # data URLs kept; a grid holds at most 10 images, the history restores others
 
 
 def status_markup(status: Status) -> str:

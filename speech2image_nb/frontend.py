@@ -1,0 +1,130 @@
+"""Which notebook front end this kernel serves, and what that front end needs from us.
+
+Why it matters: the same panel meets three kinds of page, and two of them differ in ways the
+kernel must act on.
+
+- **Colab** renders third-party widgets (our recorder is an anywidget) only after
+  ``google.colab.output.enable_custom_widget_manager()``: from then on Colab's display hook tags
+  every widget display with the manager's URL, and its page loads that manager for it. A widget
+  displayed *before* the call shows as an error. :func:`enable_colab_widgets` makes the call,
+  once per kernel, and :func:`speech2image_nb.app`, :class:`~speech2image_nb.Panel` and
+  :class:`~speech2image_nb.Recorder` call it before they display anything. Colab also has no
+  "reload the page" fix (outputs are rebuilt by running the cell), so some error texts differ.
+- **VS Code** blocks ``getUserMedia`` in notebook outputs (microsoft/vscode#119127): the
+  recorder can never open a microphone there, so the panel says so and points to the upload.
+- **Jupyter** (JupyterLab, Notebook 7, classic Notebook, anything else): the default.
+
+What the kernel can see, and what we read:
+
+- Colab's kernel imports ``google.colab`` when it starts, so it is in ``sys.modules``. Nothing
+  here imports it outside Colab.
+- VS Code's Jupyter extension runs start-up code in every Python kernel it starts (not in live
+  remote kernels) that sets ``__vsc_ipynb_file__`` (the notebook's path) in the user namespace.
+  For local kernels its launcher also sets ``PYDEVD_IPYTHON_COMPATIBLE_DEBUGGING=1``, and the
+  kernel inherits VS Code's own ``VSCODE_PID``. ``JPY_PARENT_PID`` says nothing: jupyter_client
+  sets it for every kernel it launches.
+
+Nothing is read at import time; every function looks when it is called.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Literal
+
+__all__ = [
+    "COLAB",
+    "JUPYTER",
+    "VSCODE",
+    "VSCODE_NO_MICROPHONE",
+    "Frontend",
+    "detect_frontend",
+    "enable_colab_widgets",
+    "in_colab",
+]
+
+logger = logging.getLogger(__name__)
+
+Frontend = Literal["colab", "vscode", "jupyter"]
+COLAB: Frontend = "colab"
+VSCODE: Frontend = "vscode"
+JUPYTER: Frontend = "jupyter"
+
+#: The one line the panel shows in VS Code (its notebooks get no microphone at all).
+VSCODE_NO_MICROPHONE = (
+    "VS Code gives notebooks no microphone: upload a recording, or open the notebook in JupyterLab or Colab."
+)
+
+_VSCODE_NOTEBOOK_VARIABLE = "__vsc_ipynb_file__"  # set by VS Code's kernel start-up code
+_VSCODE_KERNEL_ENV = ("VSCODE_PID", "PYDEVD_IPYTHON_COMPATIBLE_DEBUGGING")  # both: a VS Code-launched kernel
+
+
+def in_colab(*, modules: Mapping[str, Any] | None = None) -> bool:
+    """True inside a Google Colab kernel (``google.colab`` is imported there at start-up)."""
+    return "google.colab" in (sys.modules if modules is None else modules)
+
+
+def _user_namespace() -> Mapping[str, Any]:
+    """The running IPython's user namespace, or an empty one outside IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    namespace = getattr(shell, "user_ns", None)
+    return namespace if isinstance(namespace, Mapping) else {}
+
+
+def detect_frontend(
+    *,
+    modules: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    user_ns: Mapping[str, Any] | None = None,
+) -> Frontend:
+    """Name the front end this kernel serves: ``"colab"``, ``"vscode"`` or ``"jupyter"``.
+
+    Parameters
+    ----------
+    modules, environ, user_ns
+        What to look at (default: ``sys.modules``, ``os.environ`` and the running IPython's user
+        namespace, read now). See the module docstring for the signs each front end leaves.
+    """
+    if in_colab(modules=modules):
+        return COLAB
+    namespace = _user_namespace() if user_ns is None else user_ns
+    env = os.environ if environ is None else environ
+    if _VSCODE_NOTEBOOK_VARIABLE in namespace or all(env.get(name) for name in _VSCODE_KERNEL_ENV):
+        return VSCODE
+    return JUPYTER
+
+
+def enable_colab_widgets() -> bool:
+    """In Colab, turn on its custom widget manager (once per kernel); elsewhere do nothing.
+
+    Call it before displaying any widget: Colab's display hook tags only the displays that come
+    after it. Safe to call from every constructor: the call happens once, and a Colab that cannot
+    do it (an old runtime) is logged, not raised, so the panel still shows what it can.
+
+    Returns
+    -------
+    bool
+        True when running in Colab and the manager is on.
+    """
+    if not in_colab():
+        return False
+    try:
+        _enable_custom_widget_manager()
+    except Exception:
+        logger.warning("could not enable Colab's custom widget manager", exc_info=True)
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _enable_custom_widget_manager() -> None:
+    """The Colab call itself; cached, so it runs once per kernel (a failure is retried next time)."""
+    output = importlib.import_module("google.colab.output")
+    output.enable_custom_widget_manager()
+    logger.debug("Colab custom widget manager enabled")

@@ -1,0 +1,42 @@
+"""What the routes read from ``app.state``, and the FastAPI dependencies that read it.
+
+:func:`~speech2image_nb.server.app.create_app` stores a :class:`ServerConfig` at start-up and the
+loaded engine and running batcher once its lifespan has loaded the engine. Routes never close
+over those objects; they declare ``engine: EngineDep`` and friends, so tests can replace any of
+them with ``app.dependency_overrides`` (FastAPI's "bigger applications" layout).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .batcher import Batcher
+from .engines.base import Engine
+from .settings import ServerConfig
+
+__all__ = ["BatcherDep", "ConfigDep", "EngineDep", "get_batcher", "get_config", "get_engine"]
+
+
+def get_engine(request: Request) -> Engine:
+    """The loaded engine."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_batcher(request: Request) -> Batcher:
+    """The running batcher."""
+    batcher: Batcher = request.app.state.batcher
+    return batcher
+
+
+def get_config(request: Request) -> ServerConfig:
+    """The server's settings."""
+    config: ServerConfig = request.app.state.config
+    return config
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+ConfigDep = Annotated[ServerConfig, Depends(get_config)]

@@ -1,0 +1,173 @@
+"""The Colab stack in a real browser: classic Notebook 6.5 with Colab's pinned kernel and widgets.
+
+The Jupyter server and its kernel run from ``.venv-colab`` (tests/requirements-colab.txt:
+notebook 6.5.7, ipywidgets 7.7.1, ipykernel 6.17.1, jupyter_client 7.4.9, IPython 7.34.0,
+anywidget 0.9.21; this package installed without torch). What needs torch or Whisper runs from
+this environment as separate servers on 127.0.0.1, reached from the kernel as it would reach them
+from Colab: the image server with the tiny random DALL-E engine (``S2I_SERVER_URL``) and the fake
+AssemblyAI service, whose transcripts come from a real Whisper (``ASSEMBLYAI_STREAMING_URL``).
+
+Without ``.venv-colab`` these tests fail and say how to make it (``scripts/make_colab_venv.sh``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+
+import pytest
+
+from tests.audio_encode import encode_with_pyav
+from tests.conftest import DATA_DIR, TIME_FACTOR
+from tests.fakes.assemblyai import FakeAssemblyAI
+
+from .harness import (
+    JupyterServer,
+    KernelClient,
+    choose_file,
+    colab_venv,
+    launch_chromium,
+    open_notebook,
+    run_cell,
+    write_notebook,
+)
+from .test_panel_browser import IMAGE_COUNT, NOTEBOOK, decoded_images, record_once
+from .test_recorder_browser import BUSY_CELL, FAKE_MIC_WAV, SETUP, TAKE_S, assert_matches_fake_mic, kernel_pcm
+
+# The hang guard scales like every other limit: the first test here may start the image server.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(int(300 * TIME_FACTOR))]
+
+MS = 1000 * TIME_FACTOR
+COLAB_VERSIONS = {"ipywidgets": "7.7.1", "ipykernel": "6.17.1", "IPython": "7.34.0", "anywidget": "0.9.21"}
+
+
+def images_shown_js(count: int) -> str:
+    """A page condition: the grid shows ``count`` finished images."""
+    return f"() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length === {count}"
+
+
+@pytest.fixture(scope="module")
+def colab_stack(browser_tmp, image_server_process):
+    """The classic Notebook server from .venv-colab, configured to reach the image and speech servers."""
+    venv = colab_venv()  # fails with the fix when the environment is missing
+    with contextlib.ExitStack() as stack:
+        fake = stack.enter_context(FakeAssemblyAI(api_key="fake-colab-key", end_silence_ms=500))
+        env = stack.enter_context(pytest.MonkeyPatch.context())
+        env.setenv("ASSEMBLYAI_API_KEY", "fake-colab-key")
+        env.setenv("ASSEMBLYAI_STREAMING_URL", fake.url)
+        env.setenv("S2I_SERVER_URL", image_server_process.url)
+        env.setenv("S2I_NO_PROMPT", "1")
+        env.setenv("HF_HUB_OFFLINE", "1")
+        env.delenv("S2I_SERVER_TOKEN", raising=False)
+        root = browser_tmp / "classic"
+        root.mkdir()
+        shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+        server = stack.enter_context(JupyterServer("classic", root_dir=root, venv=venv))
+        yield server
+
+
+def test_recorder_records_from_its_button_and_chunks_wait_for_the_running_cell(
+    colab_stack, playwright_instance, artifacts_dir
+):
+    """Classic NB 6.5, ipykernel 6: the button records the mic; chunks sent during a cell wait for its end."""
+    name = "record_classic.ipynb"
+    write_notebook(colab_stack.root_dir, name, [SETUP, BUSY_CELL])
+    browser = launch_chromium(playwright_instance, fake_audio=FAKE_MIC_WAV)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
+        open_notebook(page, colab_stack, name, run_all=False)
+        run_cell(page, 0)
+        widget = page.locator(".s2i-recorder")
+        button = page.locator(".s2i-recorder-button")
+        button.wait_for(timeout=30 * MS)
+        with KernelClient(colab_stack, colab_stack.kernel_id(name)) as kernel:
+            versions = kernel.json(
+                "{m: __import__(m).__version__ for m in ('ipywidgets', 'ipykernel', 'IPython', 'anywidget')}"
+            )
+            assert versions == COLAB_VERSIONS
+            assert kernel.json("__import__('importlib.util').util.find_spec('torch') is None")
+            assert kernel.wait_until("rec.frontend_loaded", timeout_s=10 * TIME_FACTOR)
+            widget.screenshot(path=artifacts_dir / "recorder_idle_classic.png")
+
+            # --- a take started and stopped with the widget's own button --------------------------
+            button.click()
+            page.wait_for_selector(".s2i-recorder[data-state=recording]", timeout=5 * MS)
+            time.sleep(TAKE_S / 2)
+            widget.screenshot(path=artifacts_dir / "recorder_recording_classic.png")
+            time.sleep(TAKE_S / 2)
+            stop_clicked = time.time()
+            button.click()
+            kernel.wait_until("len(stops) == 1", timeout_s=10 * TIME_FACTOR)
+            arrivals = kernel.json("arrivals")
+            assert kernel.json("errors") == []
+            on_time = sum(1 for t, *_ in arrivals if t < stop_clicked)
+            assert len(arrivals) >= 25, f"{len(arrivals)} chunks for a {TAKE_S} s take"
+            assert on_time / len(arrivals) >= 0.8, f"{on_time}/{len(arrivals)} chunks before the stop"
+            corr = assert_matches_fake_mic(kernel_pcm(kernel), min_s=TAKE_S - 0.3)
+
+            # --- started by a cell that keeps running: ipykernel 6 holds the chunks until it ends ---
+            run_cell(page, 1)
+            during = kernel.wait_until("'during' in dir() and during", timeout_s=15 * TIME_FACTOR)
+            assert during == [[0, 0, "none"]], f"{len(during)} chunks arrived while the cell ran"
+            after = kernel.wait_until("len(arrivals) >= 15 and len(arrivals)", timeout_s=10 * TIME_FACTOR)
+            kernel.execute("rec.recording = False")
+            kernel.wait_until("len(stops) == 2", timeout_s=10 * TIME_FACTOR)
+            assert kernel.json("errors") == [] and kernel.json("rec.recording") is False
+            corr2 = assert_matches_fake_mic(kernel_pcm(kernel), min_s=1.5)
+            print(
+                f"classic: {len(arrivals)} chunks ({on_time} before stop), corr {corr:.3f}; busy cell: "
+                f"0 chunks during it, {after} once it ended, corr {corr2:.3f}"
+            )
+    finally:
+        browser.close()
+
+
+def test_tutorial_panel_speech_to_images_then_an_upload_hands_free(
+    colab_stack, playwright_instance, browser_tmp, artifacts_dir
+):
+    """Classic NB 6.5: record -> transcript -> Generate -> images; then an m4a upload draws hands-free."""
+    browser = launch_chromium(playwright_instance, fake_audio=FAKE_MIC_WAV)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 1000})
+        open_notebook(page, colab_stack, NOTEBOOK.name)
+        panel = page.locator(".s2i-panel")
+        page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
+        with KernelClient(colab_stack, colab_stack.kernel_id(NOTEBOOK.name)) as kernel:
+            assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), kernel.json(
+                "panel.error_text"
+            )
+            # the image server runs in its own process
+            assert kernel.json("panel.session._images.is_embedded") is False
+            kernel.execute(f"panel.image_count_slider.value = {IMAGE_COUNT}")
+            panel.scroll_into_view_if_needed()
+            panel.screenshot(path=artifacts_dir / "panel_ready_classic.png")
+
+            # --- speech -> transcript -> prompt -> Generate -> images ---------------------------------
+            record_once(page, kernel)
+            assert "snow" in page.locator(".s2i-transcript").inner_text().lower()
+            assert "snow" in page.locator(".s2i-prompt textarea").input_value().lower()
+            page.locator(".s2i-generate").click()
+            page.wait_for_function(images_shown_js(IMAGE_COUNT), timeout=60 * MS)
+            images = decoded_images(page)
+            assert len(images) == IMAGE_COUNT and all(im.size[0] >= 64 for im in images)
+            assert kernel.json("panel.error_text") == ""
+            panel.screenshot(path=artifacts_dir / "panel_images_classic.png")
+
+            # --- an upload (ipywidgets 7's FileUpload), hands-free: it draws itself -----------------
+            page.locator(".s2i-hands-free").click()
+            assert kernel.wait_until("panel.controller.hands_free", timeout_s=5 * TIME_FACTOR)
+            m4a = browser_tmp / "astronaut.m4a"
+            m4a.write_bytes(encode_with_pyav(DATA_DIR / "piper_02.wav", "ipod", "aac"))
+            choose_file(page, ".s2i-upload", m4a, timeout_s=10 * TIME_FACTOR)
+            assert kernel.wait_until(
+                "len(panel.controller.history) >= 2 and panel.wait_idle(0)", timeout_s=60 * TIME_FACTOR
+            ), kernel.json("panel.error_text")
+            page.wait_for_function(images_shown_js(IMAGE_COUNT), timeout=30 * MS)
+            transcript = page.locator(".s2i-transcript").inner_text().lower()
+            assert "astronaut" in transcript and "moon" in transcript, transcript
+            assert "moon" in page.locator(".s2i-prompt textarea").input_value().lower()
+            assert kernel.json("panel.error_text") == ""
+            panel.screenshot(path=artifacts_dir / "panel_upload_classic.png")
+    finally:
+        browser.close()
