@@ -11,6 +11,7 @@ from PIL import Image
 
 from speech2image_nb import errors
 from speech2image_nb.config import Settings
+from speech2image_nb.frontend import VSCODE_NO_MICROPHONE
 from speech2image_nb.ui.controller import HistoryEntry
 from speech2image_nb.ui.session import (
     ErrorChanged,
@@ -24,10 +25,12 @@ from speech2image_nb.ui.session import (
     StopRecording,
     TranscriptChanged,
 )
-from tests.conftest import TIME_FACTOR
+from speech2image_nb.ui.upload import UPLOAD_HINT, UploadedFile
+from tests.conftest import DATA_DIR, TIME_FACTOR
 from tests.ui.conftest import wait_until
 from tests.ui.fakes import FakeClient, FakeImageService, ScriptedTranscriber
 
+FOX_WAV = DATA_DIR / "piper_01.wav"
 CHUNK = bytes(3200)  # 100 ms of 16 kHz int16 silence: the scripted transcriber only counts chunks
 
 
@@ -145,6 +148,69 @@ def test_after_stop_recorder_take_is_transcribed_once(make_session):
     assert wait_until(lambda: of_type(updates, PromptChanged))
     assert of_type(updates, PromptChanged) == [PromptChanged("a red fox sitting in the snow")]
     assert session.controller.transcript.plain_text() == "a red fox sitting in the snow"
+
+
+def test_an_uploaded_recording_goes_the_whole_take_way_and_hands_free_draws_it(make_session):
+    """upload(): the file is decoded, transcribed whole, becomes the prompt, and hands-free draws it."""
+    session, updates = make_session(hands_free_options=lambda: (1, None))
+    session.controller.hands_free = True
+    session.upload(UploadedFile("fox.wav", FOX_WAV.read_bytes(), "audio/wav"))
+    assert wait_until(lambda: of_type(updates, HistoryChanged)) and session.wait_idle(10)
+    assert of_type(updates, PromptChanged) == [PromptChanged("a red fox sitting in the snow")]
+    assert "reading fox.wav…" in [u.status.activity for u in of_type(updates, StatusChanged)]
+    assert of_type(updates, ErrorChanged) == [ErrorChanged("")]  # the upload cleared the line
+
+
+def test_a_bad_upload_is_its_line_and_draws_nothing(make_session):
+    """A text file named .wav: one Audio line naming the file; no prompt, no generation."""
+    session, updates = make_session()
+    session.upload(UploadedFile("notes.wav", b"not a recording\n" * 40))
+    assert wait_until(lambda: len(of_type(updates, ErrorChanged)) == 2)
+    line = of_type(updates, ErrorChanged)[-1].line
+    assert line.startswith("Audio: notes.wav is not audio") and session.status.activity == ""
+    assert of_type(updates, PromptChanged) == [] and session.controller.history == []
+
+
+@pytest.mark.parametrize(
+    ("frontend", "problem", "opening"),
+    [
+        ("jupyter", "", None),
+        ("vscode", "", VSCODE_NO_MICROPHONE),
+        (
+            "jupyter",
+            "The recorder could not be loaded (no anywidget).",
+            f"The recorder could not be loaded (no anywidget). {UPLOAD_HINT}",
+        ),
+        (
+            "vscode",
+            "The recorder could not be loaded (no anywidget).",
+            f"The recorder could not be loaded (no anywidget). {UPLOAD_HINT}",
+        ),
+    ],
+)
+def test_opening_line_names_the_upload_where_the_recorder_cannot_record(
+    make_session, frontend, problem, opening
+):
+    """No recorder: why, plus the upload hint; VS Code: its no-microphone line; else no line."""
+    session, updates = make_session(frontend=frontend)
+    session.show_opening_line(problem)
+    assert of_type(updates, ErrorChanged) == ([] if opening is None else [ErrorChanged(opening)])
+
+
+@pytest.mark.parametrize(
+    ("frontend", "ends_with_hint"), [("jupyter", True), ("colab", True), ("vscode", False)]
+)
+def test_recorder_errors_point_to_the_upload_except_where_the_line_already_does(
+    make_session, frontend, ends_with_hint
+):
+    """A recorder error's line ends with the upload hint; VS Code's own line names the upload already."""
+    from speech2image_nb.recorder.widget import recorder_error
+
+    session, updates = make_session(frontend=frontend)
+    session.recorder_failed(recorder_error("permission-denied", frontend=frontend))
+    line = of_type(updates, ErrorChanged)[-1].line
+    assert line.startswith("Microphone: ") and line.endswith(UPLOAD_HINT) is ends_with_hint
+    assert line.lower().count("upload a recording") == 1  # named once, never doubled
 
 
 def test_generations_queue_behind_each_other_and_restore_and_save_work(make_session, tmp_path):
