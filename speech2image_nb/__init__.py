@@ -21,8 +21,8 @@ _LAZY: dict[str, str] = {
     "TranscriptEvent": "speech2image_nb.speech.base",
     "ImageClient": "speech2image_nb.images.client",
     "Generation": "speech2image_nb.images.client",
-    "connect": "speech2image_nb.images.client",
-    "generate": "speech2image_nb.images.client",
+    "connect": "speech2image_nb.images.service",
+    "generate": "speech2image_nb.images.service",
     "Settings": "speech2image_nb.config",
     "Secret": "speech2image_nb.config",
     "decode_audio": "speech2image_nb.audio",
@@ -35,7 +35,8 @@ if _TYPE_CHECKING:
     from .audio import decode_audio
     from .config import Secret, Settings
     from .errors import Speech2ImageError
-    from .images.client import Generation, ImageClient, connect, generate
+    from .images.client import Generation, ImageClient
+    from .images.service import connect, generate
     from .recorder.webrtc import WebRTCRecorder
     from .recorder.widget import Recorder
     from .speech import transcribe

@@ -8,9 +8,10 @@
     speech2image run AUDIO --out DIR              transcribe a recording, then save its images
 
 Configured by the same settings as ``app()``: ``ASSEMBLYAI_API_KEY`` (else local Whisper,
-``S2I_WHISPER_MODEL`` may name a local model directory), ``S2I_SERVER_URL`` + ``S2I_SERVER_TOKEN``
-(else an embedded server with ``S2I_IMAGE_ENGINE``, weights from ``S2I_MODEL_DIR``). Heavy modules
-are imported inside the commands, so ``--help`` is instant.
+``S2I_WHISPER_MODEL`` may name a local model directory); the image server is picked as for the
+panel (:mod:`speech2image_nb.images.service`): ``S2I_SERVER_URL`` + ``S2I_SERVER_TOKEN``, else an
+embedded server with ``S2I_IMAGE_ENGINE``, weights from ``S2I_MODEL_DIR``, stopped when the command
+ends. Heavy modules are imported inside the commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -64,14 +65,16 @@ def _speech_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _image_options(parser: argparse.ArgumentParser) -> None:
+    from .images.protocol import DEFAULT_MAX_IMAGES  # pure data: --help stays instant
+
     parser.add_argument("--out", default="speech2image_images", help="folder for the PNG files")
     parser.add_argument(
         "--num-images",
         type=int,
         default=1,
-        choices=range(1, 10),
+        choices=range(1, DEFAULT_MAX_IMAGES + 1),
         metavar="N",
-        help="images to generate, 1-9 (default 1)",
+        help=f"images to generate, 1-{DEFAULT_MAX_IMAGES} (default 1)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random)")
 
@@ -121,7 +124,8 @@ def _transcribe(audio: str, engine: str | None) -> str:
 
 def _generate(prompt: str, args: argparse.Namespace) -> list[Path]:
     from .config import Settings
-    from .pipeline import ImageService, new_id, save_images
+    from .images.files import new_id, save_images
+    from .images.service import ImageService
 
     def progress(fraction: float, message: str) -> None:
         logger.info("image server loading: %d%% %s", round(fraction * 100), message)

@@ -9,9 +9,7 @@ import time
 
 import pytest
 
-import speech2image_nb
 from speech2image_nb.errors import AuthError, BadServerResponse, ServerError, ServerUnreachable
-from speech2image_nb.images import client as client_module
 from speech2image_nb.images.client import (
     DoneEvent,
     ImageClient,
@@ -97,7 +95,7 @@ def test_client_against_our_server_generate_and_stream():
         assert any(isinstance(e, ProgressEvent) and e.preview is not None for e in events)
         images = {e.index: e.image for e in events if isinstance(e, ImageEvent)}
         assert [images[0].tobytes(), images[1].tobytes()] == [i.tobytes() for i in result.images]
-        assert events[-1].seed == 3
+        assert events[-1].seed == 3 and events[-1].engine == "noise"
         with pytest.raises(ServerError) as info:
             client.generate("a boat", bogus_knob=1)
         assert (info.value.status, info.value.code) == (422, "invalid_request")
@@ -219,18 +217,3 @@ def test_stream_error_event_raises_server_error():
     with running_server(engine) as srv, pytest.raises(ServerError) as info:
         list(ImageClient(srv.url).generate_stream("boom"))
     assert info.value.code == "engine_error"
-
-
-def test_module_connect_and_generate_use_the_default_client(monkeypatch):
-    """connect() sets the default client; generate() without connect() reads S2I_SERVER_URL/TOKEN."""
-    monkeypatch.setattr(client_module, "_default_client", None)
-    with running_server(NoiseEngine(size_px=16), token="tok-123") as srv:
-        monkeypatch.setenv("S2I_SERVER_URL", srv.url)
-        monkeypatch.setenv("S2I_SERVER_TOKEN", "tok-123")
-        result = speech2image_nb.generate("a kite", seed=8)
-        assert result.seed == 8 and len(result.images) == 1
-        monkeypatch.setenv("S2I_SERVER_TOKEN", "wrong")
-        client = speech2image_nb.connect(srv.url, token="tok-123")
-        assert client_module.default_client() is client
-        assert speech2image_nb.generate("a kite", seed=8).images[0].tobytes() == result.images[0].tobytes()
-    monkeypatch.setattr(client_module, "_default_client", None)

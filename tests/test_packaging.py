@@ -54,6 +54,9 @@ def test_public_api_is_exactly_all_and_every_name_resolves():
     for name in speech2image_nb.__all__:
         assert getattr(speech2image_nb, name) is not None, name
     assert callable(speech2image_nb.app) and callable(speech2image_nb.transcribe)
+    from speech2image_nb.images import service
+
+    assert speech2image_nb.connect is service.connect and speech2image_nb.generate is service.generate
     assert issubclass(speech2image_nb.Speech2ImageError, Exception)
 
 

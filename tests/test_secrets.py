@@ -35,7 +35,7 @@ def flow_settings() -> None:
 def flow_image_server() -> None:
     """A token-protected server (access log on) and the client: wrong token refused, right token served."""
     from speech2image_nb.errors import AuthError
-    from speech2image_nb.images import client as image_client
+    from speech2image_nb.images import service
     from speech2image_nb.images.client import ImageClient
     from speech2image_nb.server import start_background
     from speech2image_nb.server.engines.noise import NoiseEngine
@@ -58,15 +58,14 @@ def flow_image_server() -> None:
         assert len(result.images) == 1
         events = list(right.generate_stream("a fox", seed=1))
         print(right, repr(right), vars(right), server, right.health(), events[-1])
-        saved = image_client._default_client
         os.environ["S2I_SERVER_URL"] = server.url
         try:
-            image_client._default_client = None
-            settings_client = image_client.default_client()  # S2I_SERVER_TOKEN from the environment
+            service.disconnect()
+            settings_client = service.default_client()  # S2I_SERVER_TOKEN from the environment
             print(settings_client, vars(settings_client))
             assert settings_client.generate("a fox", seed=1).seed == 1
         finally:
-            image_client._default_client = saved
+            service.disconnect()
             del os.environ["S2I_SERVER_URL"]
         wrong.generate("again")
     finally:

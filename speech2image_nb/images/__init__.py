@@ -1,4 +1,5 @@
-"""Client side of the image server: :class:`ImageClient`, :func:`connect`, :func:`generate`."""
+"""Client side of the image server: :class:`ImageClient`, and :func:`connect` / :func:`generate`,
+which draw with the server :mod:`speech2image_nb.images.service` picks."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from .client import (
     ImageEvent,
     ProgressEvent,
     QueuedEvent,
-    connect,
-    generate,
 )
+from .service import connect, generate
 
 __all__ = [
     "DoneEvent",

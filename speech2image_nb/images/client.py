@@ -20,12 +20,11 @@ import contextlib
 import dataclasses
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..config import Secret, Settings
+from ..config import Secret
 from ..errors import AuthError, BadServerResponse, ServerError, ServerUnreachable
 from .protocol import (
     GENERATE_ROUTE,
@@ -61,11 +60,7 @@ __all__ = [
     "ProgressEvent",
     "QueuedEvent",
     "SSEParser",
-    "connect",
-    "connected_client",
     "decode_image",
-    "default_client",
-    "generate",
     "map_exceptions",
     "normalize_url",
     "parse_images_body",
@@ -441,58 +436,3 @@ class ImageClient:
                     if isinstance(event, DoneEvent):
                         return
         raise BadServerResponse("The image server's stream ended before all images were sent.")
-
-
-# --- module-level convenience -------------------------------------------------------------------
-
-_default_client: ImageClient | None = None
-_default_server: Any = None
-_default_lock = threading.Lock()
-
-
-def connect(url: str, token: str | Secret | None = None, **kwargs: Any) -> ImageClient:
-    """Use the image server at ``url`` from now on (for :func:`generate` and the panel)."""
-    global _default_client
-    client = ImageClient(url, token=token, **kwargs)
-    with _default_lock:
-        _default_client = client
-    return client
-
-
-def connected_client() -> ImageClient | None:
-    """The client :func:`connect` set, or ``None``: never starts anything."""
-    with _default_lock:
-        return _default_client
-
-
-def default_client() -> ImageClient:
-    """The client :func:`connect` set, else one from the settings (``S2I_SERVER_URL`` / ``S2I_SERVER_TOKEN``).
-
-    Without a configured URL, an embedded server with the configured engine starts in this process.
-    """
-    global _default_client, _default_server
-    with _default_lock:
-        if _default_client is None:
-            settings = Settings.resolve()
-            if settings.server_url:
-                _default_client = ImageClient(settings.server_url, token=settings.server_token)
-            else:
-                from ..server import start_background
-
-                _default_server = start_background(settings.image_engine, model_dir=settings.model_dir)
-                _default_client = ImageClient(_default_server.url)
-        return _default_client
-
-
-def generate(
-    prompt: str,
-    *,
-    num_images: int = 1,
-    seed: int | None = None,
-    image_format: str | None = None,
-    **options: Any,
-) -> Generation:
-    """Make images of ``prompt`` with the default image server (see :func:`default_client`)."""
-    return default_client().generate(
-        prompt, num_images=num_images, seed=seed, image_format=image_format, **options
-    )

@@ -1,4 +1,4 @@
-"""The kernel-side callback interface every recorder shares: ``on_audio``, ``on_stop``, ``on_error``.
+"""The kernel-side interface every recorder shares: :class:`RecorderLike`, and the callbacks mixin.
 
 Callbacks may be registered from any thread, and fire on whatever thread delivers the audio (the
 kernel's main thread on ipykernel 6, a subshell thread on ipykernel 7), outside any lock. A
@@ -10,12 +10,35 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from ..errors import RecorderError
 
-__all__ = ["RecorderCallbacks"]
+__all__ = ["RecorderCallbacks", "RecorderLike"]
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class RecorderLike(Protocol):
+    """What the panel needs of a recorder; :class:`~.widget.Recorder` and ``WebRTCRecorder`` have it.
+
+    ``streams`` says when audio arrives: ``True`` for chunks while recording (live transcripts),
+    ``False`` for the whole take once, after stop (transcribed then). ``recording`` starts and stops
+    a take from the kernel.
+    """
+
+    streams: bool
+    recording: bool
+
+    def on_audio(self, callback: Callable[[bytes], object]) -> None:
+        """Call ``callback(pcm)`` with 16 kHz int16 mono audio."""
+
+    def on_stop(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once a take has ended and all its audio was delivered."""
+
+    def on_error(self, callback: Callable[[RecorderError], object]) -> None:
+        """Call ``callback(error)`` when recording fails."""
 
 
 class RecorderCallbacks:

@@ -1,9 +1,9 @@
 """``WebRTCRecorder``: the kernel-side interface of :class:`~.widget.Recorder` over ipywebrtc.
 
 ipywebrtc (the ``webrtc`` extra) records on every Jupyter front end we measured, but it cannot
-stream: its ``AudioRecorder`` hands the kernel the whole webm/Opus file only after stop (0.06-0.39 s
-after, nothing before), so ``on_audio`` is called **once per take, after stop**, with the decoded
-PCM. Use :class:`~.widget.Recorder` for live transcription; this adapter keeps ipywebrtc usable
+stream: its ``AudioRecorder`` hands the kernel the whole webm/Opus file only after stop, nothing
+before (``benchmarks/RESULTS.md``), so ``on_audio`` is called **once per take, after stop**, with
+the decoded PCM. Use :class:`~.widget.Recorder` for live transcription; this adapter keeps ipywebrtc usable
 where people already rely on it.
 
 ipywebrtc reports no errors (an insecure page records 0 bytes without a word), so when no
@@ -55,7 +55,7 @@ class WebRTCRecorder(RecorderCallbacks):
     constraints
         ``getUserMedia`` audio constraints merged over the defaults (echo cancellation, noise
         suppression and automatic gain off: with ipywebrtc's defaults on, test speech was
-        clipped, envelope correlation 0.74-0.79 instead of 0.98).
+        clipped).
     result_timeout_s
         Seconds to wait after stop for the recording before reporting an error.
 
@@ -67,6 +67,8 @@ class WebRTCRecorder(RecorderCallbacks):
     button does not tell the kernel when recording starts (``recording`` stays ``False`` on the
     kernel side during a clicked take); the take still arrives after stop.
     """
+
+    streams: bool = False  # the whole take arrives once, after stop (RecorderLike)
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """The streaming microphone recorder: an anywidget that sends 16 kHz int16 PCM chunks to the kernel.
 
 Why our own widget: the panel transcribes *while* the person speaks, so audio must reach the
-kernel during the recording (measured: first chunk ~0.3 s after the click, 3-6 ms
-browser-to-kernel). ipywebrtc hands over the whole file only after stop (see ``webrtc.py``).
+kernel during the recording, and it does, within a fraction of a second of the click
+(``benchmarks/RESULTS.md`` has the figures). ipywebrtc hands over the whole file only after stop
+(see ``webrtc.py``).
 
 Protocol (front end -> kernel, ``model.send``):
 
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_MS = 100  # ms of audio per message: small enough for live partial transcripts
 DEFAULT_FRONTEND_TIMEOUT_S = 5.0  # s after display without an answer -> FrontendNotLoaded
 DEFAULT_CONSTRAINTS: dict[str, bool] = {
-    # Browser voice processing clipped test speech (cross-correlation 0.74-0.79 on vs 0.98 off).
+    # Browser voice processing clipped test speech (benchmarks/RESULTS.md, "Browser recorder").
     "echoCancellation": False,
     "noiseSuppression": False,
     "autoGainControl": False,
@@ -136,8 +137,8 @@ def _let_front_end_choose_subshell(comm: Any) -> None:
     message of that comm there (``BaseComm._reply_subshell_id``), meant for request/reply pairs.
     After ``recorder.recording = True`` in a cell that keeps running, the chunks would then queue
     behind that cell on the main shell instead of arriving on the page's own subshell thread
-    (measured: 0 chunks during a 2.5 s cell, 20+ with this). Our front-end messages are not
-    replies, so they go where the front end addressed them.
+    (none arrived during a running cell; see ``benchmarks/RESULTS.md``). Our front-end messages
+    are not replies, so they go where the front end addressed them.
     """
     if comm is None or "_reply_subshell_id" not in vars(comm):
         return
@@ -176,6 +177,7 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
 
     _esm = Path(__file__).parent / "recorder.js"
     _css = Path(__file__).parent / "recorder.css"
+    streams: bool = True  # chunks arrive while recording (RecorderLike)
 
     recording = traitlets.Bool(False).tag(sync=True)
     status = traitlets.Unicode("idle").tag(sync=True)  # idle | starting | recording | error

@@ -31,7 +31,8 @@ from ..errors import (
     Speech2ImageError,
     TranscriptionError,
 )
-from ..pipeline import new_id
+from ..images.files import new_id
+from ..images.protocol import DEFAULT_MAX_IMAGES
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -50,7 +51,7 @@ __all__ = [
     "seed_of",
 ]
 
-MAX_IMAGE_COUNT = 9  # what the image server accepts per request
+MAX_IMAGE_COUNT = DEFAULT_MAX_IMAGES  # what the image server accepts per request (its default limit)
 _MAX_QUEUED = 20  # hands-free sentences waiting; older ones are dropped beyond this
 
 

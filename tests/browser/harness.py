@@ -475,7 +475,12 @@ class KernelClient:
         self.session = uuid.uuid4().hex
         url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={self.session}"
         self._stack = contextlib.ExitStack()
-        self._ws = self._stack.enter_context(connect(url, open_timeout=timeout_s, max_size=None))
+        # max_queue=None: the kernel broadcasts every widget message to this client too; with the
+        # default 16-frame buffer, reading (and so the keepalive pongs) stops while the test waits
+        # on the page, and the connection is dropped ("keepalive ping timeout") during a long draw.
+        self._ws = self._stack.enter_context(
+            connect(url, open_timeout=timeout_s, max_size=None, max_queue=None)
+        )
 
     def execute(self, code: str, *, timeout_s: float = 30.0) -> str:
         """Run ``code`` in the kernel; return its stdout once both idle and execute_reply arrived."""

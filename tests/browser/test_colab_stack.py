@@ -137,7 +137,8 @@ def test_tutorial_panel_speech_to_images_then_an_upload_hands_free(
             assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), kernel.json(
                 "panel.error_text"
             )
-            assert kernel.json("panel._images.is_embedded") is False  # the image server in its own process
+            # the image server runs in its own process
+            assert kernel.json("panel.session._images.is_embedded") is False
             kernel.execute(f"panel.image_count_slider.value = {IMAGE_COUNT}")
             panel.scroll_into_view_if_needed()
             panel.screenshot(path=artifacts_dir / "panel_ready_classic.png")

@@ -82,3 +82,12 @@ def test_recorder_package_imports_ipywebrtc_only_for_webrtc_recorder():
     code = "import sys; from speech2image_nb.recorder import Recorder; print('ipywebrtc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_webrtc_recorder_is_recorder_like_and_does_not_stream(relay: CommRelay):
+    """WebRTCRecorder meets the RecorderLike protocol and says its take arrives after stop."""
+    from speech2image_nb.recorder import RecorderLike
+
+    rec = WebRTCRecorder()
+    assert isinstance(rec, RecorderLike) and rec.streams is False
+    rec.close()

@@ -262,3 +262,12 @@ def test_front_end_shows_the_same_sentences_as_the_kernel():
         entry = re.search(rf'"{code}":((?:\s*"[^"]*"\s*\+?)+),', block)
         assert entry, code
         assert "".join(re.findall(r'"([^"]*)"', entry.group(1))) == message
+
+
+def test_recorder_is_recorder_like_and_streams(relay: CommRelay):
+    """Recorder meets the RecorderLike protocol and says it streams while recording."""
+    from speech2image_nb.recorder import RecorderLike
+
+    rec = Recorder()
+    assert isinstance(rec, RecorderLike) and rec.streams is True
+    assert not isinstance(object(), RecorderLike)

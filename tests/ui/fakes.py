@@ -23,6 +23,7 @@ from speech2image_nb.speech.base import TranscriptEvent
 class FakeRecorder(widgets.HTML):
     """Kernel side of a recorder: plays PCM to ``on_audio`` callbacks, as the widget does."""
 
+    streams = True
     recording = traitlets.Bool(False).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
 
@@ -122,7 +123,7 @@ class FakeClient:
         yield ProgressEvent(1, 2, Image.new("RGB", (32, 32), (90, 90, 90)))
         for index in range(num_images):
             yield ImageEvent(index, Image.new("RGB", (32, 32), ((40 * index) % 255, 100, seed % 255)))
-        yield DoneEvent(seed, {"generate_s": 0.0})
+        yield DoneEvent(seed, {"generate_s": 0.0}, "fake")
 
 
 class FakeImageService:

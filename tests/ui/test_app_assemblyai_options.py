@@ -18,10 +18,11 @@ def quiet_app(monkeypatch):
     """speech2image_nb.app with no image server warm-up and no environment settings of its own."""
     from speech2image_nb.config import ENV_VARS
     from speech2image_nb.ui import panel as panel_module
+    from speech2image_nb.ui.session import PanelSession
 
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(panel_module.Panel, "_warm_up_images", lambda self: None)
+    monkeypatch.setattr(PanelSession, "_warm_up_images", lambda self: None)
     return panel_module.app
 
 

@@ -6,9 +6,11 @@ import pytest
 from PIL import Image
 
 from speech2image_nb import errors
-from speech2image_nb.pipeline import save_images
+from speech2image_nb.images.files import save_images
+from speech2image_nb.images.protocol import DEFAULT_MAX_IMAGES
 from speech2image_nb.speech.base import TranscriptEvent
 from speech2image_nb.ui.controller import (
+    MAX_IMAGE_COUNT,
     Controller,
     HistoryEntry,
     Transcript,
@@ -111,13 +113,16 @@ def test_formatted_final_updates_a_queued_sentence():
 
 
 def test_make_request_validates_prompt_and_count():
-    """Empty prompts and counts outside 1-9 are refused with a readable ConfigError."""
+    """Empty prompts and counts outside 1 to the server's image limit are a readable ConfigError."""
     c = Controller()
+    assert MAX_IMAGE_COUNT == DEFAULT_MAX_IMAGES == 10  # the panel offers what the server takes
     with pytest.raises(errors.ConfigError, match="prompt is empty"):
         c.make_request("   ", image_count=1, seed=None)
-    with pytest.raises(errors.ConfigError, match="between 1 and 9"):
-        c.make_request("fox", image_count=10, seed=None)
-    assert c.make_request("  a   fox ", image_count=9, seed=3).prompt == "a fox"
+    with pytest.raises(errors.ConfigError, match="between 1 and 10"):
+        c.make_request("fox", image_count=11, seed=None)
+    with pytest.raises(errors.ConfigError, match="between 1 and 10"):
+        c.make_request("fox", image_count=0, seed=None)
+    assert c.make_request("  a   fox ", image_count=10, seed=3).prompt == "a fox"
 
 
 def test_parse_seed():

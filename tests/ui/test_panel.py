@@ -151,7 +151,9 @@ def test_space_key_message_toggles_recording(make_panel):
 def test_after_stop_recorder_transcribes_the_whole_take(make_panel):
     """A recorder that delivers audio after stop (ipywebrtc) gets its take transcribed once."""
 
-    class WebRTCRecorder(FakeRecorder):
+    class AfterStopRecorder(FakeRecorder):
+        streams = False
+
         def play(self, path, *, chunk_ms=100):
             from speech2image_nb.audio import decode_audio
 
@@ -160,7 +162,7 @@ def test_after_stop_recorder_transcribes_the_whole_take(make_panel):
             for cb in self._audio:
                 cb(decode_audio(path).tobytes())
 
-    panel = make_panel(recorder=WebRTCRecorder())
+    panel = make_panel(recorder=AfterStopRecorder())
     panel.recorder.play(FOX)
     assert wait_until(lambda: panel.prompt_text.value == "a red fox sitting in the snow")
 
@@ -170,11 +172,12 @@ def test_app_displays_once_and_returns_the_panel(monkeypatch):
     import IPython.display
 
     from speech2image_nb.ui import panel as panel_module
+    from speech2image_nb.ui.session import PanelSession
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
-    monkeypatch.setattr(panel_module.Panel, "_warm_up_images", lambda self: None)
-    monkeypatch.setattr(panel_module.Panel, "_warm_up_speech", lambda self: None)
+    monkeypatch.setattr(PanelSession, "_warm_up_images", lambda self: None)
+    monkeypatch.setattr(PanelSession, "_warm_up_speech", lambda self: None)
     panel = panel_module.app(recorder=FakeRecorder(), image_count=2, server_url="http://127.0.0.1:9")
     try:
         assert shown == [panel] and isinstance(panel, Panel)
@@ -233,18 +236,18 @@ def test_real_server_wrong_token_and_server_down_are_lines_and_recording_still_w
 
 def test_connect_before_app_makes_the_panel_use_that_server(make_panel):
     """speech2image_nb.connect(url, token) before the panel: the panel draws with that server."""
-    from speech2image_nb.images import client as client_module
+    from speech2image_nb.images import service
     from speech2image_nb.server import start_background
 
     server = start_background("noise", token="colab-token", wait=True)
     try:
-        client_module.connect(server.url, token="colab-token")
+        service.connect(server.url, token="colab-token")
         panel = make_panel(settings=real_settings(), image_service=None, image_count=1)
         assert server.url in panel.status_html.value and "(ready)" in panel.status_html.value
         panel.generate("a red fox")
         assert panel.wait_idle(30) and panel.error_text == "" and len(grid_images(panel)) == 1
     finally:
-        client_module._default_client = None
+        service.disconnect()
         server.stop()
 
 
@@ -262,3 +265,25 @@ def test_status_line_shows_embedded_server_loading_progress():
         assert "Speech: scripted" in panel.status_html.value
     finally:
         panel.close()
+
+
+def test_history_shows_the_engine_of_each_streamed_generation(make_panel):
+    """The history strip shows the engine each streamed generation's done event named (real server)."""
+    from speech2image_nb.server import start_background
+    from speech2image_nb.server.engines.noise import NoiseEngine
+
+    engine = NoiseEngine(size_px=16)
+    engine.name = "noise-for-history"
+    server = start_background(engine, wait=True, ready_timeout_s=30)
+    try:
+        panel = make_panel(
+            settings=real_settings(S2I_SERVER_URL=server.url), image_service=None, image_count=1
+        )
+        for prompt in ("a red fox", "a blue bird"):
+            panel.generate(prompt)
+            assert panel.wait_idle(30) and panel.error_text == "", panel.error_text
+        assert [e.engine for e in panel.controller.history] == ["noise-for-history"] * 2
+        captions = [item.children[2].value for item in panel.history_box.children]
+        assert captions == ['<span class="s2i-history-engine">noise-for-history</span>'] * 2
+    finally:
+        server.stop()
