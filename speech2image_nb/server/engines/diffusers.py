@@ -202,7 +202,7 @@ class DiffusersEngine(Engine):
             self.vae = "full"
             return
         try:
-            tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_id, torch_dtype=dtype)
+            tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_id, torch_dtype=dtype)  # type: ignore[no-untyped-call]
         except (OSError, ValueError) as exc:
             raise ModelNotAvailable(
                 f"The tiny autoencoder {self.tiny_vae_id} could not be loaded ({exc}). Connect to the "

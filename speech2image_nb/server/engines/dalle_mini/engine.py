@@ -359,7 +359,11 @@ class DalleMiniEngine(Engine):
             )
             module = _load_module(build, paths[role], device=self._device, dtype=dtype)
             if self.is_int8 and role != "detokenizer":
-                module = self._quantize(module, role, lambda f, m, s=start: report(s + share * f, m))
+
+                def report_share(fraction: float, message: str, start: float = start) -> None:
+                    report(start + share * fraction, message)
+
+                module = self._quantize(module, role, report_share)
             modules[role] = module.eval().requires_grad_(False)
         return modules["encoder"], modules["decoder"], modules["detokenizer"]  # type: ignore[return-value]
 

@@ -71,13 +71,13 @@ class Int8Linear(nn.Module):
         super().__init__()
         if linear.bias is not None:
             raise ValueError("Int8Linear takes bias-free layers (DALL-E BART has no biases)")
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
-        self._packed, weight_scale = _pack(linear.weight)
-        self.register_buffer("weight_scale", weight_scale, persistent=False)
-        range_row = torch.zeros(1, self.in_features)
-        range_row[0, 0], range_row[0, -1] = -1.0, 1.0
-        self.register_buffer("range_row", range_row, persistent=False)
+        self.in_features: int = linear.in_features
+        self.out_features: int = linear.out_features
+        self._packed: torch.Tensor
+        self._packed, self.weight_scale = _pack(linear.weight)
+        #: appended to every input: it fixes the kernel's activation range to [-1, 1]
+        self.range_row = torch.zeros(1, self.in_features)
+        self.range_row[0, 0], self.range_row[0, -1] = -1.0, 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
