@@ -343,17 +343,29 @@ def cpu_mode(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("gpu", "cpu"), default="gpu")
+    parser.add_argument(
+        "--mode", choices=("gpu", "cpu"), default="gpu", help="default gpu (skips without CUDA)"
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=("mini", "mega"), help="default: gpu mini mega, cpu mini"
     )
-    parser.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=tuple(DTYPES))
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["fp16", "bf16"],
+        choices=tuple(DTYPES),
+        help="gpu mode (default fp16 bf16)",
+    )
     parser.add_argument(
         "--counts", nargs="+", type=int, help="images per request (default: gpu 1 4 9 16, cpu 1 4)"
     )
     parser.add_argument("--skip-min-dalle", action="store_true", help="time only ours")
-    parser.add_argument("--skip-diffusers", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="print a profiler table of eager steps")
+    parser.add_argument("--skip-diffusers", action="store_true", help="no SD-Turbo-shaped timings")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="gpu mode: a profiler table of eager steps (cpu mode always prints one)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
