@@ -4,12 +4,21 @@ Both DALL-E implementations run the same random full-size weights (random weight
 FLOPs and bytes as the real checkpoints, and need no download).
 
     python benchmarks/engine_speed.py --mode gpu    # CUDA: 1/4/9/16 images, mini & mega, fp16 & bf16
-    python benchmarks/engine_speed.py --mode cpu    # one mini image, ours vs min-dalle, fp32
+    python benchmarks/engine_speed.py --mode cpu    # CPU: min-dalle, our fp32 and our int8 path, 1 & 4 images
 
-GPU mode prints a table (seconds per request, decoder ms/step, peak memory, speed-up over
-min-dalle), a profiler table of one eager decoder step of ours, and SD-Turbo-shaped random
-diffusers timings at 1 and 9 images. Without a CUDA GPU it says so and exits 0. Run from the
-repository root so ``tests.dalle_reference`` (min-dalle's modules built without network) imports.
+GPU mode (options ``--variants``, ``--dtypes``, ``--counts``, ``--skip-min-dalle``,
+``--skip-diffusers``, ``--profile``) prints a table (seconds per request, decoder ms/step, peak
+memory, speed-up over min-dalle), with ``--profile`` a profiler table of one eager decoder step of
+ours, and SD-Turbo-shaped random diffusers timings at 1 and 9 images. Without a CUDA GPU it says
+so and exits 0.
+
+CPU mode (``--variants`` default mini, ``--counts`` default 1 4, ``--threads`` default the
+physical cores) prints, from one run over the same full-size random weights, min-dalle's modules,
+our fp32 reference path and our int8 fast path: seconds per request, decoder ms/step, the
+speed-ups, a profiler table of one int8 decoder step, and an SD-Turbo-shaped pipeline at 512 px
+with its full VAE and with the tiny autoencoder. It prints the machine and its load average, since
+a shared machine's numbers move with the load. Run from the repository root so
+``tests.dalle_reference`` (min-dalle's modules built without network) imports.
 """
 
 from __future__ import annotations
@@ -17,10 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -173,69 +186,197 @@ def gpu_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_description() -> str:
+    """The CPU model, whether it computes bf16 natively, and the load average."""
+    from speech2image_nb.server.engines.cpu import bf16_is_native, physical_core_count
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"{model}, {physical_core_count()} physical cores, torch CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_is_native()}, load average {load}"
+    )
+
+
 def step_ms_interleaved(
-    engine: DalleMiniEngine, reference, *, steps: int = 16, rounds: int = 3
-) -> tuple[float, float]:
-    """Decoder ms/step of min-dalle and ours, alternating short runs and keeping each one's best.
+    timers: dict[str, Callable[[int], None]], *, steps: int = 16, rounds: int = 3
+) -> dict[str, float]:
+    """Decoder ms/step of each implementation, alternating short runs and keeping each one's best.
 
     On a shared machine the load changes from minute to minute; alternating runs of ``steps``
-    tokens exposes both implementations to the same conditions.
+    tokens exposes every implementation to the same conditions.
     """
+    best = dict.fromkeys(timers, float("inf"))
+    for _ in range(rounds):
+        for name, run in timers.items():
+            started = time.perf_counter()
+            run(steps)
+            best[name] = min(best[name], (time.perf_counter() - started) / steps * 1000)
+    return best
+
+
+def time_generate(engine: DalleMiniEngine, count: int) -> float:
+    """Seconds of one request of ``count`` images (encode, 256 steps, VQGAN), no warm-up."""
+    jobs = [ImageJob(PROMPT, 1, i) for i in range(count)]
+    started = time.perf_counter()
+    engine.generate(jobs)
+    return time.perf_counter() - started
+
+
+def profile_cpu_step(engine: DalleMiniEngine, steps: int = 8) -> str:
+    """Profiler table of ``steps`` decoder steps of one image (self CPU time, per op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.sample_image_tokens([PROMPT], [1], token_count=2)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.sample_image_tokens([PROMPT], [1], token_count=steps)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return f"{steps} steps (encoder included once):\n{table}"
+
+
+def cpu_dalle(args: argparse.Namespace, variant: str, threads: int) -> list[tuple[Any, ...]]:
+    """Rows ``(variant, images, min-dalle s, fp32 s, int8 s, ms/step x3)`` for one variant."""
     from tests.dalle_reference import min_dalle_first_tokens
 
-    theirs, ours = [], []
-    for _ in range(rounds):
+    config = VARIANTS[variant]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        min_dalle_first_tokens(reference, PROMPT, 1, steps)
-        theirs.append((time.perf_counter() - started) / steps * 1000)
-        started = time.perf_counter()
-        engine.sample_image_tokens([PROMPT], [1], token_count=steps)
-        ours.append((time.perf_counter() - started) / steps * 1000)
-    return min(theirs), min(ours)
+        save_random_checkpoint(tmp, variant, seed=0)
+        print(f"random {variant} checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
+        engines = {}
+        for dtype in ("fp32", "int8"):
+            engine = DalleMiniEngine(
+                config.is_mega,
+                model_dir=tmp,
+                device="cpu",
+                dtype=dtype,
+                threads=threads,
+                preview_budget=math.inf,
+            )
+            started = time.perf_counter()
+            engine.load()
+            print(f"ours {dtype}: loaded in {time.perf_counter() - started:.1f} s", flush=True)
+            engines[dtype] = engine
+        reference = None if args.skip_min_dalle else build_min_dalle(Path(tmp), config)
+        timers: dict[str, Callable[[int], None]] = {
+            name: (lambda n, e=engine: e.sample_image_tokens([PROMPT], [1], token_count=n))
+            for name, engine in engines.items()
+        }
+        if reference is not None:
+            timers["min-dalle"] = lambda n: min_dalle_first_tokens(reference, PROMPT, 1, n)
+        step_ms = step_ms_interleaved(timers)
+        print("decoder ms/step (best of 3 alternating runs of 16 steps, 1 image):", step_ms, flush=True)
+        for count in args.counts:
+            theirs = math.nan
+            if reference is not None and round(count**0.5) ** 2 == count:
+                theirs, _ = time_min_dalle(reference, count, "cpu", warm_up=False)
+            ours = {name: time_generate(engine, count) for name, engine in engines.items()}
+            rows.append((variant, count, theirs, ours["fp32"], ours["int8"], step_ms))
+            print(f"  {variant}, {count} image(s): min-dalle {theirs:.1f} s, ours {ours}", flush=True)
+        print(f"\nprofile of ours, {variant} int8, one image:\n{profile_cpu_step(engines['int8'])}\n")
+    return rows
+
+
+def cpu_diffusers(threads: int) -> list[tuple[str, float]]:
+    """Seconds of one 512 px SD-Turbo-shaped image (random weights) with the full VAE and with TAESD."""
+    from speech2image_nb.server.engines.diffusers import (
+        DiffusersEngine,
+        save_random_pipeline,
+        save_random_tiny_vae,
+    )
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_random_pipeline(Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
+        tiny = save_random_tiny_vae(Path(tmp) / "taesd-shaped", shape="taesd")
+        for vae in ("full", "tiny"):
+            engine = DiffusersEngine(
+                model_dir=str(folder), device="cpu", vae=vae, tiny_vae_id=tiny, threads=threads
+            )
+            engine.load()
+            job = ImageJob(PROMPT, 1, 0, {"steps": 1, "guidance_scale": 0.0})
+            engine.generate([job])  # warm-up
+            started = time.perf_counter()
+            image = engine.generate([job])[0]
+            results.append((f"{vae} VAE, {image.size[0]} px", time.perf_counter() - started))
+            print(f"  SD-Turbo-shaped, {results[-1][0]}: {results[-1][1]:.1f} s", flush=True)
+            del engine
+    return results
 
 
 def cpu_mode(args: argparse.Namespace) -> int:
+    from speech2image_nb.server.engines.cpu import physical_core_count
+
+    threads = args.threads or physical_core_count()
+    torch.set_num_threads(threads)  # min-dalle's modules run on the global setting
+    print(f"# engine_speed CPU mode, {threads} threads, torch {torch.__version__}")
+    print(f"# {cpu_description()}\n", flush=True)
+    rows = []
+    for variant in args.variants:
+        rows += cpu_dalle(args, variant, threads)
+    print(f"\n# at the end: {cpu_description()}")
     print(
-        f"# engine_speed CPU mode: one mini image, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}"  # noqa: E501
+        "\n| variant | images | min-dalle s | ours fp32 s | ours int8 s | int8 vs min-dalle | int8 vs fp32 "
+        "| ms/step min-dalle / fp32 / int8 |\n|---|---|---|---|---|---|---|---|"
     )
-    config = VARIANTS["mini"]
-    with tempfile.TemporaryDirectory() as tmp:
-        save_random_checkpoint(tmp, "mini", seed=0)
-        engine = DalleMiniEngine(model_dir=tmp, device="cpu", dtype="fp32")
-        engine.load()
-        started = time.perf_counter()
-        engine.generate([ImageJob(PROMPT, 1, 0)])
-        ours = time.perf_counter() - started
-        print(f"ours:      {ours:.1f} s", flush=True)
-        theirs = float("nan")
-        if not args.skip_min_dalle:
-            reference = build_min_dalle(Path(tmp), config)
-            theirs, _ = time_min_dalle(reference, 1, "cpu", warm_up=False)
-            print(f"min-dalle: {theirs:.1f} s", flush=True)
-            their_step, our_step = step_ms_interleaved(engine, reference)
-            print(
-                f"decoder ms/step (best of 3 alternating runs of 16 steps): min-dalle {their_step:.0f}, "
-                f"ours {our_step:.0f} ({their_step / our_step:.2f}x)"
-            )
-    print(
-        f"\n| one mini image, CPU fp32 | min-dalle s | ours s | speed-up |\n|---|---|---|---|\n"
-        f"| {torch.get_num_threads()} threads | {theirs:.1f} | {ours:.1f} | {theirs / ours:.2f}x |"
-    )
+    for variant, count, theirs, fp32, int8, step in rows:
+        steps = " / ".join(f"{step.get(k, math.nan):.0f}" for k in ("min-dalle", "fp32", "int8"))
+        print(
+            f"| {variant} | {count} | {theirs:.1f} | {fp32:.1f} | {int8:.1f} | {theirs / int8:.1f}x "
+            f"| {fp32 / int8:.1f}x | {steps} |"
+        )
+    if not args.skip_diffusers:
+        results = cpu_diffusers(threads)
+        print(
+            f"\n| SD-Turbo-shaped (random), 1 step, 1 image, fp32, {threads} threads | seconds |\n|---|---|"
+        )
+        for name, seconds in results:
+            print(f"| {name} | {seconds:.1f} |")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("gpu", "cpu"), default="gpu")
-    parser.add_argument("--variants", nargs="+", default=["mini", "mega"], choices=("mini", "mega"))
-    parser.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=tuple(DTYPES))
-    parser.add_argument("--counts", nargs="+", type=int, default=[1, 4, 9, 16])
+    parser.add_argument(
+        "--mode", choices=("gpu", "cpu"), default="gpu", help="default gpu (skips without CUDA)"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=("mini", "mega"), help="default: gpu mini mega, cpu mini"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["fp16", "bf16"],
+        choices=tuple(DTYPES),
+        help="gpu mode (default fp16 bf16)",
+    )
+    parser.add_argument(
+        "--counts", nargs="+", type=int, help="images per request (default: gpu 1 4 9 16, cpu 1 4)"
+    )
     parser.add_argument("--skip-min-dalle", action="store_true", help="time only ours")
-    parser.add_argument("--skip-diffusers", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="print a profiler table of eager steps")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--skip-diffusers", action="store_true", help="no SD-Turbo-shaped timings")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="gpu mode: a profiler table of eager steps (cpu mode always prints one)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: cpu mode the physical cores, gpu mode torch's)",
+    )
     args = parser.parse_args(argv)
-    if args.threads is not None:
+    is_cpu = args.mode == "cpu"
+    args.variants = args.variants or (["mini"] if is_cpu else ["mini", "mega"])
+    args.counts = args.counts or ([1, 4] if is_cpu else [1, 4, 9, 16])
+    if args.threads is not None and not is_cpu:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     return gpu_mode(args) if args.mode == "gpu" else cpu_mode(args)

@@ -57,10 +57,12 @@ def tiny_dalle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def one_torch_thread():
-    """One torch thread for the test: on 2 shared cores, 2 threads were several times slower per op."""
+def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
+    """One torch thread for the test (and for the engines it creates, through S2I_CPU_THREADS): on
+    2 shared cores, 2 threads were several times slower per op."""
     import torch
 
+    monkeypatch.setenv("S2I_CPU_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

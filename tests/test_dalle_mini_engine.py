@@ -29,8 +29,8 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir):
-    """The engine loaded from the tiny checkpoint on CPU."""
-    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu")
+    """The engine loaded from the tiny checkpoint on CPU (the default int8 path, one thread)."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", threads=1)
     engine.load()
     return engine
 
@@ -53,7 +53,7 @@ def test_loads_hugging_face_file_names_and_reports_progress(tiny_dir):
     engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu")
     engine.load(lambda fraction, message: reports.append(fraction))
     assert reports[-1] == 1.0 and reports == sorted(reports)
-    assert engine.describe() == {"engine": "dalle-mini", "device": "cpu", "max_batch": 4, "dtype": "float32"}
+    assert engine.describe() == {"engine": "dalle-mini", "device": "cpu", "max_batch": 4, "dtype": "int8"}
 
 
 def test_loads_min_dalle_models_root_layout(tmp_path, tiny_dir, engine):
@@ -323,8 +323,8 @@ def test_reused_static_buffers_give_the_same_tokens(tiny_dir, monkeypatch):
     def reuse(image_count, top_k, noise):
         if (image_count, top_k) not in kept:
             generation = _Generation(
-                engine.config,
-                engine.decoder,
+                engine.model.config,
+                engine.model.decoder,
                 image_count,
                 top_k,
                 device=engine._device,

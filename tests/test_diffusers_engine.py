@@ -1,7 +1,9 @@
 """The diffusers engine over a tiny random Stable Diffusion pipeline saved with ``save_pretrained``.
 
 The pipeline (``save_random_pipeline``) has the real component types of SD-Turbo, tiny sizes and
-random weights; the engine loads it through ``AutoPipelineForText2Image`` like a downloaded model.
+random weights; the engine loads it through ``AutoPipelineForText2Image`` like a downloaded model,
+and the tiny autoencoder (``save_random_tiny_vae``, an ``AutoencoderTiny``) through the same
+``from_pretrained`` as TAESD from the hub.
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ import numpy as np
 import pytest
 
 from speech2image_nb.errors import ModelNotAvailable
+from speech2image_nb.server.engines import create_engine
 from speech2image_nb.server.engines.base import ImageJob
-from speech2image_nb.server.engines.diffusers import DiffusersEngine, save_random_pipeline
+from speech2image_nb.server.engines.diffusers import (
+    TINY_VAE_ID,
+    DiffusersEngine,
+    save_random_pipeline,
+    save_random_tiny_vae,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +32,57 @@ def tiny_pipeline_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny_pipeline_dir):
-    """The engine loaded from the saved folder on CPU."""
-    engine = DiffusersEngine(model_dir=str(tiny_pipeline_dir), device="cpu")
+    """The engine loaded from the saved folder on CPU, with the pipeline's own (full) VAE."""
+    engine = DiffusersEngine(model_dir=str(tiny_pipeline_dir), device="cpu", vae="full", threads=1)
     engine.load()
     return engine
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory):
+    """A tiny random AutoencoderTiny saved to a folder (TAESD's component type)."""
+    return save_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "tiny-taesd", shape="tiny")
+
+
+def test_cpu_default_decodes_with_the_tiny_autoencoder(tiny_pipeline_dir, tiny_vae_dir):
+    """On CPU the engine swaps in the tiny autoencoder (TAESD, 8x upsampling: 16 latents -> 128 px),
+    deterministically by seed; vae="full" keeps the pipeline's own VAE."""
+    engine = DiffusersEngine(
+        model_dir=str(tiny_pipeline_dir), device="cpu", tiny_vae_id=tiny_vae_dir, threads=1
+    )
+    assert (
+        engine.vae == "tiny" and DiffusersEngine(model_dir=str(tiny_pipeline_dir)).tiny_vae_id == TINY_VAE_ID
+    )
+    engine.load()
+    assert type(engine.pipeline.vae).__name__ == "AutoencoderTiny"
+    assert engine.describe()["vae"] == "tiny"
+    jobs = [ImageJob("a red fox", 7, 0), ImageJob("a cat", 7, 1)]
+    first, again = engine.generate(jobs), engine.generate(jobs)
+    assert [im.size for im in first] == [(128, 128), (128, 128)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
+
+
+def test_full_vae_is_one_option_away(tiny_pipeline_dir, monkeypatch):
+    """S2I_SD_VAE=full (or vae="full", --vae full) keeps the model's own VAE on CPU."""
+    monkeypatch.setenv("S2I_SD_VAE", "full")
+    assert create_engine("sd-turbo", model_dir=str(tiny_pipeline_dir)).vae == "full"
+    monkeypatch.delenv("S2I_SD_VAE")
+    assert create_engine("sd-turbo", model_dir=str(tiny_pipeline_dir)).vae == "tiny"
+    with pytest.raises(ValueError, match="vae"):
+        DiffusersEngine(model_dir=str(tiny_pipeline_dir), vae="small")
+
+
+def test_missing_tiny_autoencoder_offline_says_how_to_go_on(tiny_pipeline_dir, monkeypatch):
+    """Offline without TAESD in the cache: ModelNotAvailable naming it and the full-VAE option."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    engine = DiffusersEngine(
+        model_dir=str(tiny_pipeline_dir), device="cpu", tiny_vae_id="speech2image-tests/not-a-cached-taesd"
+    )
+    with pytest.raises(ModelNotAvailable, match="S2I_SD_VAE=full"):
+        engine.load()
 
 
 def test_loads_local_pipeline_and_makes_one_image_per_job(engine):

@@ -153,6 +153,7 @@ def start_background(
     engine: str | Engine = "dalle-mini",
     *,
     model_dir: str | None = None,
+    dtype: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     token: str | None = None,
@@ -177,6 +178,9 @@ def start_background(
         An engine name (``"dalle-mini"``, ``"sd-turbo"``, ...) or an :class:`Engine` instance.
     model_dir
         Local weights directory for a named engine.
+    dtype
+        Precision of a named engine (``int8``, ``fp32``, ``fp16``, ``bf16``; default: the engine's,
+        int8 for DALL-E on a CPU; see :func:`~speech2image_nb.server.engines.create_engine`).
     host, port
         Where to listen; port 0 picks a free port (see ``.url``).
     token
@@ -196,7 +200,7 @@ def start_background(
     from .engines import create_engine
 
     if isinstance(engine, str):
-        engine = create_engine(engine, model_dir=model_dir)
+        engine = create_engine(engine, model_dir=model_dir, dtype=dtype)
     app = create_app(
         engine,
         token=token,

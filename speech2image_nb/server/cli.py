@@ -44,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model-dir", help="local weights directory (default: the Hugging Face cache)")
     parser.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", help="float16, bfloat16 or float32 (default: the engine's choice)")
+    parser.add_argument(
+        "--dtype",
+        help="int8 (DALL-E on CPU: 8-bit weights, the CPU default), fp32 (reference), fp16 or bf16 "
+        "(default: fp16 on CUDA, int8/fp32 on CPU; also $S2I_IMAGE_DTYPE)",
+    )
+    parser.add_argument(
+        "--vae",
+        choices=("tiny", "full"),
+        help="diffusers engines: tiny autoencoder (TAESD, the CPU default) or the model's full VAE",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     parser.add_argument("--token", help=f"require this bearer token (default: ${TOKEN_ENV})")
@@ -113,7 +122,9 @@ def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServ
     from . import start_background
     from .engines import create_engine
 
-    engine = create_engine(args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype)
+    engine = create_engine(
+        args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype, vae=args.vae
+    )
     print(f"loading engine {args.engine} ...", flush=True)
     return start_background(
         engine,

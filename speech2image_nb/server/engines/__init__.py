@@ -7,6 +7,7 @@ the server) loads no torch and touches no device.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from ...errors import ConfigError, EngineError
@@ -27,6 +28,9 @@ DEFAULT_ENGINE = "dalle-mini"
 
 DIFFUSERS_PREFIX = "diffusers:"
 SD_TURBO_MODEL_ID = "stabilityai/sd-turbo"
+#: environment variables read when create_engine's ``dtype`` / ``vae`` are not given
+DTYPE_ENV = "S2I_IMAGE_DTYPE"
+VAE_ENV = "S2I_SD_VAE"
 
 
 def _load_class(target: str, engine_name: str) -> Any:
@@ -50,24 +54,35 @@ def _load_class(target: str, engine_name: str) -> Any:
 
 
 def create_engine(
-    name: str, *, model_dir: str | None = None, device: str | None = None, dtype: str | None = None
+    name: str,
+    *,
+    model_dir: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    vae: str | None = None,
 ) -> Engine:
     """Build (but do not load) the engine called ``name``.
 
     Names: ``dalle-mini``, ``dalle-mega``, ``sd-turbo``, ``diffusers:<hugging face model id>``, and
-    ``noise`` (the test engine; it takes no model directory). Raises ConfigError for an unknown
-    name and EngineError when the engine cannot be imported here.
+    ``noise`` (the test engine; it takes no model directory). ``dtype`` (else ``$S2I_IMAGE_DTYPE``)
+    is the precision: on a CPU the DALL-E engines default to ``int8`` and ``fp32`` is their
+    reference path. ``vae`` (else ``$S2I_SD_VAE``) is ``tiny`` or ``full`` for the diffusers
+    engines (default: tiny on CPU). Raises ConfigError for an unknown name and EngineError when
+    the engine cannot be imported here.
     """
     name = name.strip()
+    dtype = dtype or os.environ.get(DTYPE_ENV, "").strip() or None
     common: dict[str, Any] = {"model_dir": model_dir, "device": device, "dtype": dtype}
+    diffusers_extra = {"vae": vae or os.environ.get(VAE_ENV, "").strip() or None}
     if name == "noise":
         target, kwargs = ENGINES["noise"], {}
     elif name in ("dalle-mini", "dalle-mega"):
         target, kwargs = ENGINES[name], {"is_mega": name == "dalle-mega", **common}
     elif name == "sd-turbo":
-        target, kwargs = ENGINES[name], {"model_id": SD_TURBO_MODEL_ID, **common}
+        target, kwargs = ENGINES[name], {"model_id": SD_TURBO_MODEL_ID, **common, **diffusers_extra}
     elif name.startswith(DIFFUSERS_PREFIX) and name[len(DIFFUSERS_PREFIX) :].strip():
-        target, kwargs = ENGINES["sd-turbo"], {"model_id": name[len(DIFFUSERS_PREFIX) :].strip(), **common}
+        model_id = name[len(DIFFUSERS_PREFIX) :].strip()
+        target, kwargs = ENGINES["sd-turbo"], {"model_id": model_id, **common, **diffusers_extra}
     else:
         raise ConfigError(
             f"Unknown image engine {name!r}. Choose one of: {', '.join(ENGINES)}, or diffusers:<model id>."

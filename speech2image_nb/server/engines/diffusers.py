@@ -5,6 +5,11 @@ guidance, so it suits small GPUs (a Colab T4) where DALL-E mega does not fit or 
 starts from noise drawn by its own CPU ``torch.Generator`` seeded with the job's image seed, so an
 image is the same alone or in a batch, and the same starting noise is used on CPU and GPU.
 
+On a CPU the full VAE decode takes most of a one-step picture's time, so there the engine decodes
+with diffusers' tiny autoencoder (``AutoencoderTiny`` with the ``madebyollin/taesd`` weights, made
+for the SD 1.x/2.x latent space), loaded through the hub like the rest; ``vae="full"`` keeps the
+model's own VAE (the GPU default). Work runs on the physical cores, set around each call only.
+
 Note: ``import diffusers`` below is the library (absolute import), not this module.
 """
 
@@ -18,16 +23,28 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, ModelNotAvailable
 from .base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
+from .cpu import resolve_threads, torch_threads
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["DEFAULT_MODEL_ID", "DiffusersEngine", "latents_to_preview", "save_random_pipeline"]
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "TINY_VAE_ID",
+    "DiffusersEngine",
+    "latents_to_preview",
+    "save_random_pipeline",
+    "save_random_tiny_vae",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "stabilityai/sd-turbo"
+#: the tiny autoencoder for SD 1.x/2.x latents (TAESD)
+TINY_VAE_ID = "madebyollin/taesd"
+#: accepted values of ``vae``
+VAE_CHOICES = ("tiny", "full")
 #: (steps, guidance_scale) for distilled one-step models and for ordinary diffusion models
 TURBO_DEFAULTS = (1, 0.0)
 CLASSIC_DEFAULTS = (25, 7.5)
@@ -79,6 +96,14 @@ class DiffusersEngine(Engine):
     default_steps, default_guidance_scale
         used when a request gives none; ``None`` picks (1, 0.0) for turbo-style models and
         (25, 7.5) otherwise.
+    vae
+        ``"tiny"``: decode with the tiny autoencoder ``tiny_vae_id`` (SD 1.x/2.x pipelines only;
+        others keep their own); ``"full"``: the model's own VAE. ``None``: tiny on CPU, full on CUDA.
+    tiny_vae_id
+        Hugging Face id or local folder (``save_pretrained``) of an ``AutoencoderTiny``.
+    threads
+        torch CPU threads during this engine's work (set around each call, then restored);
+        ``None``: ``$S2I_CPU_THREADS``, else the physical cores.
     """
 
     option_names = frozenset({"steps", "guidance_scale"})
@@ -93,8 +118,10 @@ class DiffusersEngine(Engine):
         max_batch: int | None = None,
         default_steps: int | None = None,
         default_guidance_scale: float | None = None,
+        vae: str | None = None,
+        tiny_vae_id: str | Path = TINY_VAE_ID,
+        threads: int | None = None,
     ) -> None:
-
         self.model_id = str(model_dir) if model_dir is not None else model_id
         self.is_local = Path(self.model_id).is_dir()
         self.name = Path(self.model_id).name if self.is_local else self.model_id.split("/")[-1]
@@ -108,43 +135,80 @@ class DiffusersEngine(Engine):
             "guidance_scale": guidance if default_guidance_scale is None else float(default_guidance_scale),
         }
         self.validate_options(self.defaults)
+        self.vae = vae if vae is not None else ("full" if is_cuda else "tiny")
+        if self.vae not in VAE_CHOICES:
+            raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, not {vae!r}")
+        self.tiny_vae_id = str(tiny_vae_id)
+        self.threads = None if is_cuda else resolve_threads(threads)
         self.pipeline: Any = None
+
+    def _work(self) -> Any:
+        """This engine's CPU thread count for the duration of one call (nothing on CUDA)."""
+        import contextlib
+
+        return torch_threads(self.threads) if self.threads is not None else contextlib.nullcontext()
 
     def load(self, progress: LoadProgress | None = None) -> None:
         """Load (downloading into the Hugging Face cache if needed) and move the pipeline to the device."""
         import torch
-        from diffusers import AutoPipelineForText2Image
 
         if progress is not None:
             progress(0.0, f"loading {self.model_id}")
         dtype = getattr(torch, self.dtype_name)
+        with self._work():
+            pipeline = self._load_pipeline(dtype)
+            if self.vae == "tiny":
+                if progress is not None:
+                    progress(0.8, f"loading the tiny autoencoder {self.tiny_vae_id}")
+                self._use_tiny_vae(pipeline, dtype)
+            try:
+                pipeline = pipeline.to(self._device)
+            except RuntimeError as exc:
+                raise EngineError(f"Could not move {self.model_id} to {self.device}: {exc}") from exc
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline
+        if progress is not None:
+            progress(1.0, f"{self.name} ready on {self.device}")
+        log.info("%s loaded on %s (%s, %s VAE)", self.model_id, self.device, self.dtype_name, self.vae)
+
+    def _load_pipeline(self, dtype: torch.dtype) -> Any:
+        """The pipeline from the hub or a local folder (the fp16 variant first where it exists)."""
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
         attempts: list[dict[str, Any]] = [{}]
         if dtype == torch.float16 and not self.is_local:
             attempts.insert(0, {"variant": "fp16"})  # half the download where the repo has it
         error: Exception | None = None
         for extra in attempts:
             try:
-                pipeline = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+                return AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
                     self.model_id, torch_dtype=dtype, **extra
                 )
-                break
             except (OSError, ValueError) as exc:
                 error = exc
-        else:
-            assert error is not None
-            raise ModelNotAvailable(
-                f"The diffusers model {self.model_id} could not be loaded ({error}). If you are offline "
-                "(HF_HUB_OFFLINE), download it once with a network connection, or pass a local folder."
-            ) from error
+        raise ModelNotAvailable(
+            f"The diffusers model {self.model_id} could not be loaded ({error}). If you are offline "
+            "(HF_HUB_OFFLINE), download it once with a network connection, or pass a local folder."
+        ) from error
+
+    def _use_tiny_vae(self, pipeline: Any, dtype: torch.dtype) -> None:
+        """Swap the pipeline's VAE for the tiny autoencoder, where its latent space fits."""
+        from diffusers import AutoencoderTiny
+
+        kind = type(pipeline).__name__
+        if kind not in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"):
+            log.warning("%s is a %s: TAESD fits SD 1.x/2.x only, keeping its own VAE", self.model_id, kind)
+            self.vae = "full"
+            return
         try:
-            pipeline = pipeline.to(self._device)
-        except RuntimeError as exc:
-            raise EngineError(f"Could not move {self.model_id} to {self.device}: {exc}") from exc
-        pipeline.set_progress_bar_config(disable=True)
-        self.pipeline = pipeline
-        if progress is not None:
-            progress(1.0, f"{self.name} ready on {self.device}")
-        log.info("%s loaded on %s (%s)", self.model_id, self.device, self.dtype_name)
+            tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_id, torch_dtype=dtype)  # type: ignore[no-untyped-call]
+        except (OSError, ValueError) as exc:
+            raise ModelNotAvailable(
+                f"The tiny autoencoder {self.tiny_vae_id} could not be loaded ({exc}). Connect to the "
+                "internet once so it can be downloaded, or use the full VAE (S2I_SD_VAE=full, --vae full)."
+            ) from exc
+        pipeline.vae = tiny
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``steps`` (1-100) and ``guidance_scale`` (0-30)."""
@@ -188,7 +252,7 @@ class DiffusersEngine(Engine):
                     return tensors
 
                 try:
-                    with torch.inference_mode():
+                    with torch.inference_mode(), self._work():
                         result = self.pipeline(
                             prompt=[job.prompt for job in chunk],
                             num_inference_steps=steps,
@@ -205,8 +269,8 @@ class DiffusersEngine(Engine):
         return [by_job[id(job)] for job in jobs]
 
     def describe(self) -> dict[str, Any]:
-        """Facts for ``GET /``: engine, device, max_batch, model, dtype."""
-        return {**super().describe(), "model": self.model_id, "dtype": self.dtype_name}
+        """Facts for ``GET /``: engine, device, max_batch, model, dtype, vae."""
+        return {**super().describe(), "model": self.model_id, "dtype": self.dtype_name, "vae": self.vae}
 
 
 # --- random pipelines for tests and benchmarks --------------------------------------------------
@@ -339,4 +403,36 @@ def save_random_pipeline(folder: str | Path, *, shape: str = "tiny", seed: int =
             requires_safety_checker=False,
         )
         pipeline.save_pretrained(folder)
+    return folder
+
+
+#: AutoencoderTiny sizes: "tiny" for tests, "taesd" for the real TAESD (its published config)
+_TINY_VAE_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "encoder_block_out_channels": (8, 8, 8, 8),
+        "decoder_block_out_channels": (8, 8, 8, 8),
+        "num_encoder_blocks": (1, 1, 1, 1),
+        "num_decoder_blocks": (1, 1, 1, 1),
+    },
+    "taesd": {},
+}
+
+
+def save_random_tiny_vae(folder: str | Path, *, shape: str = "tiny", seed: int = 0) -> Path:
+    """Save an ``AutoencoderTiny`` with random weights to ``folder`` (``save_pretrained``).
+
+    Tests load it as ``tiny_vae_id`` through the same code as the downloaded TAESD;
+    ``shape="taesd"`` has TAESD's real sizes (the same FLOPs) for speed measurements.
+    """
+    import importlib
+
+    import torch
+
+    lib: Any = importlib.import_module("diffusers")
+    if shape not in _TINY_VAE_SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(_TINY_VAE_SHAPES)}, not {shape!r}")
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lib.AutoencoderTiny(**_TINY_VAE_SHAPES[shape]).save_pretrained(folder)
     return folder

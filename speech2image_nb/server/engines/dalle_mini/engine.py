@@ -6,6 +6,12 @@ once, then run 256 decoder steps over static buffers. On CUDA one step, sampling
 captured as a CUDA graph and replayed: the loop then issues no Python-side work per kernel and
 never waits for the GPU, except every 32 steps when previews are asked for.
 
+On a CPU the default precision is ``"int8"``: the Linear layers of the encoder and the decoder get
+8-bit weights at load (:mod:`.int8`; the checkpoint files stay as they are), because a decoder step
+there is bound by reading its weights; the VQGAN decodes in bf16 where the CPU computes bf16
+natively, else in fp32. ``dtype="fp32"`` is the reference path whose tokens and pixels match
+min-dalle's. Work runs on the physical cores (:mod:`..cpu`), set around each call only.
+
 Previews (a VQGAN decode of the tokens so far) are offered every 32 tokens; how many are decoded
 follows a time budget measured at run time (:mod:`.previews`): all of them on a GPU, as many as
 keep them within 20% of the sampling time on a CPU, where one decode costs seconds.
@@ -14,17 +20,21 @@ keep them within 20% of the sampling time on a CPU, where one decode costs secon
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ....errors import EngineError, ModelNotAvailable
-from ..base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
-from .config import IMAGE_CODEBOOK_COUNT, IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
+from ..base import DTYPE_NAMES, Engine, ImageJob, LoadProgress, StepProgress
+from ..cpu import bf16_is_native, resolve_threads, torch_threads
+from .config import IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
+from .options import OPTION_NAMES, SamplingOptions
+from .previews import PreviewCost
 from .weights import MIN_DALLE_REVISION, apply_state_dict, load_state_dict, locate_files, read_config
 
 if TYPE_CHECKING:
@@ -34,33 +44,25 @@ if TYPE_CHECKING:
     from .decoder import DalleBartDecoder, DecoderCache
     from .detokenizer import VQGanDetokenizer
     from .encoder import DalleBartEncoder
+    from .previews import PreviewPacer
     from .tokenizer import TextTokenizer
 
-__all__ = ["DEFAULT_OPTIONS", "DalleMiniEngine", "DalleOptions", "PreviewReport"]
+__all__ = ["DEFAULT_OPTIONS", "INT8", "DalleMiniEngine", "LoadedModel", "PreviewReport", "SamplingOptions"]
 
 log = logging.getLogger(__name__)
 
-#: min-dalle's defaults
-DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 1.0, "top_k": 256, "supercondition_factor": 16.0}
+#: min-dalle's defaults, as request fields
+DEFAULT_OPTIONS: dict[str, Any] = SamplingOptions().as_dict()
+#: the CPU fast path: 8-bit weights in the encoder's and decoder's Linear layers
+INT8 = "int8"
 #: tokens between two preview points (progress is reported at each; a preview image when affordable)
 PREVIEW_EVERY = 32
 #: on CPU, the largest ratio of preview time to sampling time (a VQGAN decode takes seconds there)
 CPU_PREVIEW_BUDGET = 0.2
 #: CUDA graphs kept (one per batch size and top_k); each holds its own KV cache
 GRAPH_CACHE_SIZE = 3
-
-
-DalleOptions = tuple[float, int, float]  # (temperature, top_k, supercondition_factor)
-
-
-def _number(options: Mapping[str, Any], field: str, low: float, high: float, *, integer: bool) -> Any:
-    value = options.get(field, DEFAULT_OPTIONS[field])
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise ValueError(f"{field} must be {kind} between {low} and {high}")
-    if not (low <= value <= high) or (not integer and not math.isfinite(value)):
-        raise ValueError(f"{field} must be {kind} between {low} and {high}, not {value}")
-    return int(value) if integer else float(value)
+#: share of the load progress bar for finding/downloading the files, then for building the networks
+FETCH_SHARE, BUILD_SHARE = 0.6, 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,46 @@ class PreviewReport:
     skipped: int
     preview_seconds: float
     sampling_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """What :meth:`DalleMiniEngine.load` builds: the sizes, the tokenizer and the three networks."""
+
+    config: DalleConfig
+    tokenizer: TextTokenizer
+    encoder: DalleBartEncoder
+    decoder: DalleBartDecoder
+    detokenizer: VQGanDetokenizer
+
+
+def resolve_precision(device: str | None, dtype: str | None) -> tuple[torch.device, str]:
+    """The device and precision name (``"int8"`` or a torch float dtype name) of a DALL-E engine.
+
+    ``dtype=None``: fp16 on CUDA; on CPU ``"int8"`` where PyTorch has its int8 CPU kernel, else
+    fp32. ``"int8"`` is CPU-only. Raises ValueError naming the bad argument.
+    """
+    import torch
+
+    from .int8 import int8_available
+
+    resolved = torch.device(
+        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
+    is_cuda = resolved.type == "cuda"
+    if dtype is None:
+        dtype = "fp16" if is_cuda else (INT8 if int8_available() else "fp32")
+    if dtype == INT8:
+        if is_cuda:
+            raise ValueError("dtype 'int8' is the CPU fast path; on CUDA use fp16 or bf16")
+        if not int8_available():
+            raise ValueError("this PyTorch build has no int8 CPU kernel; use dtype fp32")
+        return resolved, INT8
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of int8 (CPU), fp32, fp16, bf16, not {dtype!r}")
+    return resolved, DTYPE_NAMES[dtype]
 
 
 class _Generation:
@@ -106,15 +148,14 @@ class _Generation:
         self.noise = noise if noise is not None else HashNoise(self.seeds)
         self.graph: Any = None
 
-    def reset(self, options: DalleOptions, seeds: Sequence[int]) -> None:
+    def reset(self, options: SamplingOptions, seeds: Sequence[int]) -> None:
         """Start a new generation (the cross-attention part of the cache is filled separately)."""
         import torch
 
-        temperature, _, supercondition_factor = options
         self.image_tokens.fill_(START_TOKEN)
         self.position.zero_()
-        self.temperature.fill_(temperature)
-        self.supercondition_factor.fill_(supercondition_factor)
+        self.temperature.fill_(options.temperature)
+        self.supercondition_factor.fill_(options.supercondition_factor)
         self.seeds.copy_(torch.tensor(list(seeds), dtype=torch.long))
 
     def step(self) -> None:
@@ -149,6 +190,7 @@ class _Generation:
         self.graph = graph
 
     def run_step(self) -> None:
+        """One step: the captured graph where there is one, else :meth:`step`."""
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -168,8 +210,11 @@ class DalleMiniEngine(Engine):
     device
         ``"cuda"``, ``"cuda:1"``, ``"cpu"``; ``None`` picks CUDA when available.
     dtype
-        ``"fp32"``, ``"fp16"`` or ``"bf16"`` for encoder and decoder (the VQGAN always runs in fp32);
-        ``None`` means fp16 on CUDA (every GPU has it; bf16 suits Ampere and newer) and fp32 on CPU.
+        ``"int8"`` (CPU only: 8-bit Linear weights, the rest fp32), ``"fp32"``, ``"fp16"`` or
+        ``"bf16"`` for encoder and decoder; ``None`` means fp16 on CUDA (every GPU has it; bf16
+        suits Ampere and newer) and int8 on CPU. fp32 is the reference path (min-dalle's tokens).
+        The VQGAN decodes final pictures in fp32, except on the int8 path where the CPU computes
+        bf16 natively.
     cache_dir
         Hugging Face cache folder (default: the hub's own).
     revision
@@ -188,9 +233,12 @@ class DalleMiniEngine(Engine):
         unlimited on CUDA (a decode takes milliseconds) and 0.2 on CPU (it takes seconds there);
         a finite budget times one VQGAN decode during :meth:`load`, as the first estimate, then
         each shown preview and each final decode refresh it.
+    threads
+        torch CPU threads during this engine's work (set around each call, then restored);
+        ``None``: ``$S2I_CPU_THREADS``, else the physical cores.
     """
 
-    option_names = frozenset(DEFAULT_OPTIONS)
+    option_names = OPTION_NAMES
 
     def __init__(
         self,
@@ -205,6 +253,7 @@ class DalleMiniEngine(Engine):
         use_cuda_graphs: bool = True,
         noise: str | None = None,
         preview_budget: float | None = None,
+        threads: int | None = None,
     ) -> None:
         import torch
 
@@ -213,10 +262,11 @@ class DalleMiniEngine(Engine):
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.revision = revision
-        self._device, self.dtype_name = resolve_device_and_dtype(device, dtype)
+        self._device, self.dtype_name = resolve_precision(device, dtype)
         self.device = str(self._device)
         is_cuda = self._device.type == "cuda"
-        self._dtype = getattr(torch, self.dtype_name)
+        #: dtype of activations, KV cache and unquantized weights
+        self._dtype = torch.float32 if self.is_int8 else getattr(torch, self.dtype_name)
         self.max_batch = int(max_batch) if max_batch is not None else (16 if is_cuda else 4)
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -229,155 +279,176 @@ class DalleMiniEngine(Engine):
         if not preview_budget >= 0:
             raise ValueError(f"preview_budget must be a number >= 0, not {preview_budget!r}")
         self.preview_budget = float(preview_budget)
-        #: seconds of one preview image (measured), and images the consumer read per preview
-        self._preview_image_seconds = 0.0
-        #: decode previews under bf16 autocast (chosen at load where it measured faster), and
-        #: the measured ratio of a preview decode to a final (fp32) one
-        self._preview_in_bf16 = False
-        self._preview_to_final = 1.0
-        self._images_per_preview: int | None = None
+        self.threads = None if is_cuda else resolve_threads(threads)
+        #: VQGAN precision of previews and of final pictures (bf16 where the CPU has it natively)
+        self._preview_in_bf16 = not is_cuda and bf16_is_native()
+        self._final_in_bf16 = self.is_int8 and bf16_is_native()
+        self._preview_cost = PreviewCost()
         #: previews of the last batch generated with ``on_progress``
         self.last_previews: PreviewReport | None = None
-        self.config: DalleConfig | None = None
-        self.tokenizer: TextTokenizer | None = None
-        self.encoder: DalleBartEncoder | None = None
-        self.decoder: DalleBartDecoder | None = None
-        self.detokenizer: VQGanDetokenizer | None = None
+        self.model: LoadedModel | None = None
         self._generations: collections.OrderedDict[tuple[int, int], _Generation] = collections.OrderedDict()
+
+    @property
+    def is_int8(self) -> bool:
+        """True on the CPU fast path (8-bit Linear weights)."""
+        return self.dtype_name == INT8
+
+    @contextlib.contextmanager
+    def _work(self) -> Iterator[None]:
+        """Inference mode, and this engine's CPU thread count, for the duration of one call."""
+        import torch
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.threads is not None:
+                stack.enter_context(torch_threads(self.threads))
+            yield
 
     # --- loading -------------------------------------------------------------------------------
 
     def load(self, progress: LoadProgress | None = None) -> None:
-        """Find or download the five files, build the three networks and load their weights."""
-        import torch
+        """Find or download the five files, build the three networks and load their weights.
 
-        from .decoder import DalleBartDecoder
-        from .detokenizer import VQGanDetokenizer
-        from .encoder import DalleBartEncoder
-        from .tokenizer import TextTokenizer
-
+        On the int8 path the encoder's and decoder's Linear layers are then quantized (progress
+        names the layer count, so a first start never looks like a hang).
+        """
+        report = progress if progress is not None else (lambda fraction, message: None)
         config = read_config(self.is_mega, self.model_dir)
-
-        def fetch_progress(fraction: float, message: str) -> None:
-            if progress is not None:
-                progress(0.6 * fraction, message)
-
         paths = locate_files(
             config,
             model_dir=self.model_dir,
             cache_dir=self.cache_dir,
             revision=self.revision,
-            progress=fetch_progress,
+            progress=lambda fraction, message: report(FETCH_SHARE * fraction, message),
         )
-        try:
-            tokenizer = TextTokenizer.from_files(paths["vocab"], paths["merges"])
-        except (ValueError, OSError, UnicodeDecodeError) as exc:
-            raise ModelNotAvailable(
-                f"The tokenizer files {paths['vocab']} / {paths['merges']} are unreadable ({exc}). "
-                "Delete them and download them again."
-            ) from exc
+        with self._work():
+            tokenizer = _read_tokenizer(paths)
+            modules = self._build_networks(config, tokenizer, paths, report)
+            self.model = LoadedModel(config, tokenizer, *modules)
+            self._generations.clear()
+            if math.isfinite(self.preview_budget):
+                report(0.98, "timing one preview decode")
+                self._preview_cost = self._time_preview()
+        report(1.0, f"{self.name} ready on {self.device} ({self.dtype_name})")
+        log.info("%s loaded on %s (%s)", self.name, self.device, self.dtype_name)
+
+    def _build_networks(
+        self, config: DalleConfig, tokenizer: TextTokenizer, paths: Mapping[str, Path], report: LoadProgress
+    ) -> tuple[DalleBartEncoder, DalleBartDecoder, VQGanDetokenizer]:
+        """Encoder, decoder and VQGAN with their weights (encoder/decoder quantized on the int8 path)."""
+        import torch
+
+        from .decoder import DalleBartDecoder
+        from .detokenizer import VQGanDetokenizer
+        from .encoder import DalleBartEncoder
 
         builders: dict[str, Callable[[], torch.nn.Module]] = {
             "encoder": lambda: DalleBartEncoder(config, pad_token=tokenizer.pad_token),
             "decoder": lambda: DalleBartDecoder(config),
             "detokenizer": lambda: VQGanDetokenizer(width_divisor=config.vqgan_width_divisor),
         }
+        share = BUILD_SHARE / len(builders)
         modules: dict[str, torch.nn.Module] = {}
         for i, (role, build) in enumerate(builders.items()):
-            if progress is not None:
-                progress(0.6 + 0.4 * i / len(builders), f"loading {paths[role].name}")
-            with torch.device("meta"):
-                module = build()
-            dtype = torch.float32 if role == "detokenizer" else self._dtype
-            module = module.to_empty(device=self._device).to(dtype)
-            for sub in module.modules():  # norms may be absent from the files (min-dalle tolerates it)
-                if isinstance(sub, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
-                    sub.reset_parameters()
-            apply_state_dict(module, load_state_dict(paths[role]), paths[role])
+            start = FETCH_SHARE + share * i
+            report(start, f"loading {paths[role].name}")
+            # the int8 path loads the files' fp16 weights as they are and quantizes from them
+            dtype = (
+                torch.float32 if role == "detokenizer" else (torch.float16 if self.is_int8 else self._dtype)
+            )
+            module = _load_module(build, paths[role], device=self._device, dtype=dtype)
+            if self.is_int8 and role != "detokenizer":
+
+                def report_share(fraction: float, message: str, start: float = start) -> None:
+                    report(start + share * fraction, message)
+
+                module = self._quantize(module, role, report_share)
             modules[role] = module.eval().requires_grad_(False)
-        self.config = config
-        self.tokenizer = tokenizer
-        self.encoder = modules["encoder"]  # type: ignore[assignment]
-        self.decoder = modules["decoder"]  # type: ignore[assignment]
-        self.detokenizer = modules["detokenizer"]  # type: ignore[assignment]
-        self._generations.clear()
-        if math.isfinite(self.preview_budget):
-            self._preview_image_seconds = self._time_preview()
-        if progress is not None:
-            progress(1.0, f"{self.name} ready on {self.device}")
-        log.info("%s loaded on %s (%s)", self.name, self.device, self.dtype_name)
+        return modules["encoder"], modules["decoder"], modules["detokenizer"]  # type: ignore[return-value]
 
-    def _time_preview(self) -> float:
-        """Seconds of one preview image on this device (also warms the VQGAN up).
+    def _quantize(self, module: torch.nn.Module, role: str, report: LoadProgress) -> torch.nn.Module:
+        """8-bit weights for ``module``'s Linear layers, fp32 for the rest of its parameters."""
+        from .int8 import quantize_linears
 
-        Previews need not match the final picture to the last bit, so where bf16 autocast decodes
-        faster (CPUs with bf16 instructions: 1.5-2.2 s instead of 3.2-3.8 s per image measured on the
-        2-core test machine) previews use it; final pictures always decode in fp32.
+        started = time.perf_counter()
+
+        def on_layer(done: int, total: int) -> None:
+            if done == 1 or done % 8 == 0 or done == total:
+                report(done / total, f"quantizing the {role} to 8 bits: layer {done} of {total}")
+
+        count = quantize_linears(module, on_layer=on_layer)
+        log.debug(
+            "%s: %d Linear layers of the %s quantized in %.1f s",
+            self.name,
+            count,
+            role,
+            time.perf_counter() - started,
+        )
+        return module.float()
+
+    def _time_preview(self) -> PreviewCost:
+        """What one preview costs on this device, from one decode (which also warms the VQGAN up).
+
+        Previews need not match the final picture to the last bit, so where bf16 is native
+        previews decode under bf16 autocast (about twice as fast there); elsewhere bf16 is
+        emulated and slower than fp32, so they decode in the final pictures' precision.
         """
         import torch
 
         tokens = torch.full((1, IMAGE_TOKEN_COUNT), START_TOKEN, dtype=torch.long)
         timings = {}
-        for in_bf16 in (False, True):
-            self._preview_in_bf16 = in_bf16
+        for in_bf16 in {self._preview_in_bf16, self._final_in_bf16}:
             started = time.perf_counter()
-            self._preview_image(tokens)
+            self._decode(tokens, in_bf16=in_bf16)
             timings[in_bf16] = time.perf_counter() - started
-        self._preview_in_bf16 = timings[True] < 0.8 * timings[False]
         seconds = timings[self._preview_in_bf16]
-        self._preview_to_final = seconds / timings[False]
-        log.debug(
-            "%s on %s: a preview image takes %.3f s in fp32, %.3f s in bf16",
-            self.name,
-            self.device,
-            timings[False],
-            timings[True],
-        )
-        return seconds
+        log.debug("%s on %s: one VQGAN decode takes %s s", self.name, self.device, timings)
+        return PreviewCost(image_seconds=seconds, to_final=seconds / timings[self._final_in_bf16])
+
+    def _decode(self, image_tokens: torch.Tensor, *, in_bf16: bool) -> torch.Tensor:
+        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of tokens ``[n, 256]``, one image at a time.
+
+        One at a time: convolution kernels pick different algorithms for different batch sizes,
+        and a picture must not change with the batch it happened to share.
+        """
+        import torch
+
+        detokenizer = self._require_loaded().detokenizer
+        tokens = image_tokens.to(self._device)
+        with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=in_bf16):
+            return torch.cat([detokenizer(tokens[i : i + 1]).float() for i in range(tokens.shape[0])])
 
     def _preview_image(self, image_tokens: torch.Tensor) -> Image.Image:
-        """A preview picture of tokens ``[1, 256]`` (bf16 autocast where that measured faster)."""
+        """A preview picture of tokens ``[1, 256]``."""
         import torch
         from PIL import Image
 
-        *_, detokenizer = self._require_loaded()
-        tokens = image_tokens.to(self._device)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._preview_in_bf16),
-        ):
-            pixels = detokenizer(tokens)[0].float()
+        with self._work():
+            pixels = self._decode(image_tokens, in_bf16=self._preview_in_bf16)[0]
         return Image.fromarray(pixels.to(torch.uint8).cpu().numpy())
 
     # --- options -------------------------------------------------------------------------------
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``temperature`` (0.01-16), ``top_k`` (1-16384), ``supercondition_factor`` (0-256)."""
-        super().validate_options(options)
-        return {
-            "temperature": _number(options, "temperature", 0.01, 16.0, integer=False),
-            "top_k": _number(options, "top_k", 1, IMAGE_CODEBOOK_COUNT, integer=True),
-            "supercondition_factor": _number(options, "supercondition_factor", 0.0, 256.0, integer=False),
-        }
-
-    def _options_tuple(self, options: Mapping[str, Any]) -> DalleOptions:
-        valid = self.validate_options(options)
-        return (valid["temperature"], valid["top_k"], valid["supercondition_factor"])
+        return SamplingOptions.from_request(options).as_dict()
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _require_loaded(self) -> tuple[DalleConfig, TextTokenizer, Any, Any, Any]:
-        if self.config is None or self.tokenizer is None:
+    def _require_loaded(self) -> LoadedModel:
+        if self.model is None:
             raise EngineError(f"The {self.name} engine is not loaded; call load() first.")
-        return self.config, self.tokenizer, self.encoder, self.decoder, self.detokenizer
+        return self.model
 
     def _text_rows(self, prompt: str) -> list[list[int]]:
         """The two encoder rows of a prompt, exactly as min-dalle builds them (pad = ``<pad>``)."""
-        config, tokenizer, *_ = self._require_loaded()
-        tokens = tokenizer.tokenize(prompt)[: config.text_token_count]
-        pad = tokenizer.pad_token
-        uncond = [tokens[0], tokens[-1]] + [pad] * (config.text_token_count - 2)
-        cond = tokens + [pad] * (config.text_token_count - len(tokens))
+        model = self._require_loaded()
+        count = model.config.text_token_count
+        tokens = model.tokenizer.tokenize(prompt)[:count]
+        pad = model.tokenizer.pad_token
+        uncond = [tokens[0], tokens[-1]] + [pad] * (count - 2)
+        cond = tokens + [pad] * (count - len(tokens))
         return [uncond, cond]
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,33 +459,43 @@ class DalleMiniEngine(Engine):
         """
         import torch
 
-        _, tokenizer, encoder, _, _ = self._require_loaded()
+        model = self._require_loaded()
         states: dict[str, torch.Tensor] = {}
-        for prompt in dict.fromkeys(prompts):
-            rows = torch.tensor(self._text_rows(prompt), dtype=torch.long, device=self._device)
-            states[prompt] = encoder(rows)
+        with self._work():
+            for prompt in dict.fromkeys(prompts):
+                rows = torch.tensor(self._text_rows(prompt), dtype=torch.long, device=self._device)
+                states[prompt] = model.encoder(rows)
         uncond = [states[p][0] for p in prompts]
         cond = [states[p][1] for p in prompts]
         encoder_state = torch.stack(uncond + cond)
         masks = [
-            torch.tensor(self._text_rows(p), device=self._device).ne(tokenizer.pad_token) for p in prompts
+            torch.tensor(self._text_rows(p), device=self._device).ne(model.tokenizer.pad_token)
+            for p in prompts
         ]
         mask = torch.stack([m[0] for m in masks] + [m[1] for m in masks])
         return encoder_state, mask
 
     def _generation(self, image_count: int, top_k: int, noise: Any) -> _Generation:
         """Static buffers (and on CUDA a captured graph) for this batch size, cached."""
-        config, _, _, decoder, _ = self._require_loaded()
-        if noise is not None or not self.use_cuda_graphs:
+        model = self._require_loaded()
+
+        def build(noise: Any) -> _Generation:
             return _Generation(
-                config, decoder, image_count, top_k, device=self._device, dtype=self._dtype, noise=noise
+                model.config,
+                model.decoder,
+                image_count,
+                top_k,
+                device=self._device,
+                dtype=self._dtype,
+                noise=noise,
             )
+
+        if noise is not None or not self.use_cuda_graphs:
+            return build(noise)
         key = (image_count, top_k)
         generation = self._generations.get(key)
         if generation is None:
-            generation = _Generation(
-                config, decoder, image_count, top_k, device=self._device, dtype=self._dtype, noise=None
-            )
+            generation = build(None)
             try:
                 generation.capture()
             except Exception as exc:  # a driver/torch combination without graph support
@@ -431,7 +512,7 @@ class DalleMiniEngine(Engine):
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | SamplingOptions | None = None,
         *,
         generators: Sequence[torch.Generator] | None = None,
         on_tokens: Callable[[int, torch.Tensor], None] | None = None,
@@ -444,7 +525,7 @@ class DalleMiniEngine(Engine):
         prompts, seeds
             one per image; ``seeds`` seed each image's own noise stream.
         options
-            engine options (validated); defaults are min-dalle's.
+            sampling options (request fields are validated); defaults are min-dalle's.
         generators
             explicit ``torch.Generator`` per image for the noise (the CPU default: generators
             seeded with ``seeds``). Seeded like min-dalle's global RNG, they reproduce its draws.
@@ -458,8 +539,9 @@ class DalleMiniEngine(Engine):
 
         from .sampler import GeneratorNoise
 
-        options_tuple = self._options_tuple(options or {})
-        _, _, _, decoder, _ = self._require_loaded()
+        if not isinstance(options, SamplingOptions):
+            options = SamplingOptions.from_request(options or {})
+        model = self._require_loaded()
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         noise = None
@@ -467,11 +549,11 @@ class DalleMiniEngine(Engine):
             generators = [torch.Generator(device=self._device).manual_seed(int(s)) for s in seeds]
         if generators is not None:
             noise = GeneratorNoise(generators, device=self._device)
-        with torch.inference_mode():
-            generation = self._generation(len(prompts), options_tuple[1], noise)
+        with self._work():
+            generation = self._generation(len(prompts), options.top_k, noise)
             encoder_state, mask = self.encode(prompts)
-            decoder.prepare(generation.cache, encoder_state, mask)
-            generation.reset(options_tuple, seeds)
+            model.decoder.prepare(generation.cache, encoder_state, mask)
+            generation.reset(options, seeds)
             for i in range(min(token_count, IMAGE_TOKEN_COUNT)):
                 generation.run_step()
                 step = i + 1
@@ -479,18 +561,39 @@ class DalleMiniEngine(Engine):
                     on_tokens(step, generation.image_tokens[:, 1:])
             return generation.image_tokens[:, 1:].clone()
 
-    def detokenize(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]``.
+    def teacher_forced_logits(
+        self, prompt: str, image_tokens: torch.Tensor, *, supercondition_factor: float = 16.0
+    ) -> torch.Tensor:
+        """Next-token logits ``[256, 16384]`` after the supercondition mix, feeding ``image_tokens``.
 
-        One image at a time: convolution kernels pick different algorithms for different batch
-        sizes, and a picture must not change with the batch it happened to share.
+        Step ``i`` sees the start token and ``image_tokens[:i]``, whatever this engine would have
+        sampled: two engines (fp32 and int8, say) then predict over the same sequence, and their
+        distributions can be compared token by token.
         """
         import torch
 
-        *_, detokenizer = self._require_loaded()
-        tokens = image_tokens.to(self._device)
-        with torch.inference_mode():
-            return torch.cat([detokenizer(tokens[i : i + 1]) for i in range(tokens.shape[0])])
+        from .config import IMAGE_CODEBOOK_COUNT
+        from .decoder import DecoderCache
+
+        model = self._require_loaded()
+        tokens = image_tokens.reshape(-1).to(self._device)
+        previous = torch.cat([torch.tensor([START_TOKEN], device=self._device), tokens[:-1]])
+        out = torch.empty(len(tokens), IMAGE_CODEBOOK_COUNT)
+        with self._work():
+            cache = DecoderCache.allocate(model.config, 2, device=self._device, dtype=self._dtype)
+            model.decoder.prepare(cache, *self.encode([prompt]))
+            for i in range(len(tokens)):
+                logits = model.decoder.step(
+                    previous[i : i + 1], torch.tensor([i], device=self._device), cache
+                )
+                uncond, cond = logits[:, :IMAGE_CODEBOOK_COUNT].float()
+                out[i] = uncond * (1 - supercondition_factor) + cond * supercondition_factor
+        return out
+
+    def detokenize(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]`` (final quality)."""
+        with self._work():
+            return self._decode(image_tokens, in_bf16=self._final_in_bf16)
 
     def to_images(self, image_tokens: torch.Tensor) -> list[Image.Image]:
         """PIL images of image tokens (truncated to uint8, as min-dalle does)."""
@@ -509,33 +612,36 @@ class DalleMiniEngine(Engine):
         as ``preview_budget`` allows, then ``(256, 256, None)``.
         """
         self._require_loaded()
-        images: list[Image.Image] = []
-        groups: dict[DalleOptions, list[ImageJob]] = {}
+        groups: dict[SamplingOptions, list[ImageJob]] = {}
         for job in jobs:
-            groups.setdefault(self._options_tuple(job.options), []).append(job)
+            groups.setdefault(SamplingOptions.from_request(job.options), []).append(job)
         by_job: dict[int, Image.Image] = {}
-        for options, group in groups.items():
-            for start in range(0, len(group), self.max_batch):
-                chunk = group[start : start + self.max_batch]
-                on_tokens = self._preview_hook(len(chunk), on_progress) if on_progress is not None else None
-                try:
-                    tokens = self.sample_image_tokens(
-                        [j.prompt for j in chunk],
-                        [j.image_seed for j in chunk],
-                        dict(zip(("temperature", "top_k", "supercondition_factor"), options, strict=True)),
-                        on_tokens=on_tokens,
-                    )
-                    started = time.perf_counter()
-                    for job, image in zip(chunk, self.to_images(tokens), strict=True):
-                        by_job[id(job)] = image
-                    if on_tokens is not None:  # the final decode refreshes the preview estimate
-                        final = (time.perf_counter() - started) / len(chunk)
-                        self._preview_image_seconds = final * self._preview_to_final
-                except (RuntimeError, MemoryError) as exc:
-                    raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
-        if on_progress is not None:
-            on_progress(IMAGE_TOKEN_COUNT, IMAGE_TOKEN_COUNT, None)
-        images = [by_job[id(job)] for job in jobs]
+        with self._work():
+            for options, group in groups.items():
+                for start in range(0, len(group), self.max_batch):
+                    chunk = group[start : start + self.max_batch]
+                    images = self._generate_chunk(chunk, options, on_progress)
+                    by_job.update((id(job), image) for job, image in zip(chunk, images, strict=True))
+            if on_progress is not None:
+                on_progress(IMAGE_TOKEN_COUNT, IMAGE_TOKEN_COUNT, None)
+        return [by_job[id(job)] for job in jobs]
+
+    def _generate_chunk(
+        self, chunk: Sequence[ImageJob], options: SamplingOptions, on_progress: StepProgress | None
+    ) -> list[Image.Image]:
+        """The images of up to ``max_batch`` jobs that share their options."""
+        on_tokens = self._preview_hook(len(chunk), on_progress) if on_progress is not None else None
+        try:
+            with self._work():
+                tokens = self.sample_image_tokens(
+                    [j.prompt for j in chunk], [j.image_seed for j in chunk], options, on_tokens=on_tokens
+                )
+                started = time.perf_counter()
+                images = self.to_images(tokens)
+        except (RuntimeError, MemoryError) as exc:
+            raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
+        if on_tokens is not None:  # the final decode refreshes the preview estimate
+            self._preview_cost.record_final((time.perf_counter() - started) / len(chunk))
         return images
 
     def _preview_hook(
@@ -543,10 +649,9 @@ class DalleMiniEngine(Engine):
     ) -> Callable[[int, torch.Tensor], None]:
         """The ``on_tokens`` callback of one batch: progress at every preview point, and a
         (lazily decoded) preview when the pacer finds it affordable."""
-        from .previews import LazyPreviews, PreviewPacer
+        from .previews import LazyPreviews
 
-        per_preview = self._images_per_preview if self._images_per_preview is not None else 1
-        pacer = PreviewPacer(self.preview_budget, self._preview_image_seconds * min(per_preview, image_count))
+        pacer: PreviewPacer = self._preview_cost.pacer(self.preview_budget, image_count)
 
         def on_tokens(step: int, tokens: torch.Tensor) -> None:
             if not pacer.allows():
@@ -557,9 +662,7 @@ class DalleMiniEngine(Engine):
                 on_progress(step, IMAGE_TOKEN_COUNT, previews)
                 seconds = time.perf_counter() - started
                 pacer.record(seconds)
-                self._images_per_preview = previews.decoded
-                if previews.decoded:
-                    self._preview_image_seconds = seconds / previews.decoded
+                self._preview_cost.record_preview(seconds, previews.decoded)
             self.last_previews = PreviewReport(
                 pacer.shown, pacer.skipped, pacer.spent, pacer.sampling_seconds()
             )
@@ -569,3 +672,32 @@ class DalleMiniEngine(Engine):
     def describe(self) -> dict[str, Any]:
         """Facts for ``GET /``: engine, device, max_batch, dtype."""
         return {**super().describe(), "dtype": self.dtype_name}
+
+
+def _read_tokenizer(paths: Mapping[str, Path]) -> TextTokenizer:
+    """The BPE tokenizer from the vocabulary and merges files, with a clear error if unreadable."""
+    from .tokenizer import TextTokenizer
+
+    try:
+        return TextTokenizer.from_files(paths["vocab"], paths["merges"])
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ModelNotAvailable(
+            f"The tokenizer files {paths['vocab']} / {paths['merges']} are unreadable ({exc}). "
+            "Delete them and download them again."
+        ) from exc
+
+
+def _load_module(
+    build: Callable[[], torch.nn.Module], path: Path, *, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """Build a network without allocating twice (on the meta device), then load its file."""
+    import torch
+
+    with torch.device("meta"):
+        module = build()
+    module = module.to_empty(device=device).to(dtype)
+    for sub in module.modules():  # norms may be absent from the files (min-dalle tolerates it)
+        if isinstance(sub, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            sub.reset_parameters()
+    apply_state_dict(module, load_state_dict(path), path)
+    return module

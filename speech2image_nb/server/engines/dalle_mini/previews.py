@@ -1,13 +1,10 @@
 """Progressive previews that cost a bounded share of the generation time.
 
-A preview is a VQGAN decode of the tokens sampled so far. Measured on a 2-core CPU (one thread,
-fp32): the full VQGAN takes 3.8 s per 256x256 image, about 27 decoder steps of the full-size mini
-(140 ms each); for the tiny test model it takes 0.23 s against 1 ms per step. Decoding every image
-of the batch every 32 tokens therefore made a CPU generation 4-5 times slower, almost all of it in
-the VQGAN's convolutions (81% in ``mkldnn_convolution``). On a GPU the decode is a few
-milliseconds and previews every 32 tokens are cheap.
+A preview is a VQGAN decode of the tokens sampled so far. On a GPU it takes milliseconds; on a CPU
+one decode costs about as much as a few dozen decoder steps, so decoding every image of a batch
+every 32 tokens made a CPU generation several times slower (figures in ``benchmarks/RESULTS.md``).
 
-Two measures keep the cost proportional:
+Three pieces keep the cost proportional:
 
 - :class:`LazyPreviews` decodes an image only when the consumer reads it. The server shows one
   preview per request, so a request of 4 images pays for 1 decode per preview, not 4.
@@ -15,10 +12,13 @@ Two measures keep the cost proportional:
   expected cost of this one, stays within ``budget`` times the time spent sampling so far. On a
   GPU the engine's budget is unlimited (a preview every 32 tokens); on a CPU it is 0.2, so previews
   come as often as the device affords, evenly spread, and never add more than about 20%.
+- :class:`PreviewCost` is the engine's running estimate of what one preview costs, refreshed by
+  every preview shown and every final decode.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["LazyPreviews", "PreviewPacer"]
+__all__ = ["LazyPreviews", "PreviewCost", "PreviewPacer"]
 
 
 class LazyPreviews(Sequence["Image.Image"]):
@@ -116,3 +116,34 @@ class PreviewPacer:
         """Account a preview that took ``seconds``; it becomes the estimate of the next one."""
         self.spent += seconds
         self.estimate = seconds
+
+
+@dataclasses.dataclass
+class PreviewCost:
+    """What one preview costs on this engine, measured at load and refreshed while generating.
+
+    Previews may decode in bf16 while final pictures decode in the engine's own precision;
+    ``to_final`` is the measured ratio of the two, so a final decode refreshes the estimate too.
+    """
+
+    #: seconds of one preview image
+    image_seconds: float = 0.0
+    #: a preview decode's time over a final decode's
+    to_final: float = 1.0
+    #: images the consumer read per preview (``None``: no preview shown yet, assume 1)
+    images_per_preview: int | None = None
+
+    def pacer(self, budget: float, image_count: int) -> PreviewPacer:
+        """A pacer for one batch of ``image_count`` images."""
+        per_preview = self.images_per_preview if self.images_per_preview is not None else 1
+        return PreviewPacer(budget, self.image_seconds * min(per_preview, image_count))
+
+    def record_preview(self, seconds: float, decoded: int) -> None:
+        """A preview point that took ``seconds`` and decoded ``decoded`` images."""
+        self.images_per_preview = decoded
+        if decoded:
+            self.image_seconds = seconds / decoded
+
+    def record_final(self, seconds_per_image: float) -> None:
+        """A final decode that took ``seconds_per_image`` per image."""
+        self.image_seconds = seconds_per_image * self.to_final
