@@ -1,11 +1,11 @@
-"""What this machine's CPU can do fast, for choosing number formats (int8, bf16, fp32).
+"""Whether this machine's CPU multiplies int8 exactly, for choosing a model's number format.
 
 Why it matters: the same int8 model gives different answers on different x86 CPUs. Without the
 VNNI dot-product instructions (AVX2-only and early AVX-512 CPUs: many laptops, older servers),
 int8 matrix products go through ``vpmaddubsw``, whose 16-bit intermediate sums saturate (oneDNN's
-"nuances of int8 computations"); with VNNI they do not. Likewise bf16 is fast only where the CPU
-has bf16 instructions; elsewhere it is emulated and slower than fp32. Engines ask here instead of
-assuming the CPU they were measured on.
+"nuances of int8 computations"); with VNNI they do not. Engines ask here instead of assuming the CPU
+they were measured on. (The image engines, which run on torch, ask torch about bf16: see
+``speech2image_nb.server.engines.cpu``.)
 
 Nothing is read at import; the answer is computed once, on first use.
 """
@@ -16,14 +16,12 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_flags", "has_fast_bf16", "has_int8_dot_product", "parse_cpuinfo_flags"]
+__all__ = ["cpu_flags", "has_int8_dot_product", "parse_cpuinfo_flags"]
 
 #: flags (as Linux spells them) that give int8 dot products without 16-bit saturation
 _INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-#: flags that make bf16 matrix products native
-_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: numpy's names for the same features, where /proc/cpuinfo cannot be read (macOS, Windows)
-_NUMPY_NAMES = {"AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
+_NUMPY_NAMES = {"AVX512VNNI": "avx512_vnni"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,8 +65,3 @@ def _is_arm() -> bool:
 def has_int8_dot_product() -> bool:
     """True where int8 matrix products are exact to 32 bits: ARM (``sdot``/NEON) or x86 with VNNI."""
     return _is_arm() or bool(cpu_flags() & _INT8_DOT_FLAGS)
-
-
-def has_fast_bf16() -> bool:
-    """True where the CPU computes bf16 natively (x86 AVX-512 BF16 or AMX)."""
-    return bool(cpu_flags() & _BF16_FLAGS)

@@ -6,10 +6,9 @@ what the engine reads, at a word boundary, uses that, and says so in the answer
 (``prompt_truncated``); only a prompt far past any real one is refused (the protocol's
 ``MAX_PROMPT_CHARS_ACCEPTED``).
 
-An engine says how much it reads by having, once loaded, a ``tokenizer`` whose ``tokenize(text)``
-returns the token ids with the two special tokens around them, and a ``config`` whose
-``text_token_count`` is the number of text tokens it reads (the DALL-E engines). For any other
-engine the server reads the first ``--max-prompt-chars`` characters.
+An engine says how much it reads through :meth:`Engine.prompt_reader` (the DALL-E engines: their
+tokenizer and the 64 text tokens they read). For any other engine the server reads the first
+``--max-prompt-chars`` characters.
 """
 
 from __future__ import annotations
@@ -73,20 +72,12 @@ def cut_to_tokens(text: str, tokenize: Tokenize, token_count: int) -> str:
     return text[:low]
 
 
-def _engine_tokens(engine: Engine) -> tuple[Tokenize, int] | None:
-    """The tokenizer and the text tokens read, of an engine that says (see the module docstring)."""
-    tokenize = getattr(getattr(engine, "tokenizer", None), "tokenize", None)
-    token_count = getattr(getattr(engine, "config", None), "text_token_count", None)
-    if callable(tokenize) and isinstance(token_count, int) and token_count > SPECIAL_TOKENS:
-        return tokenize, token_count
-    return None
-
-
 def fit_prompt(req: GenerateRequest, engine: Engine, *, max_chars: int) -> GenerateRequest:
     """``req`` with its text cut to what ``engine`` reads, and the cut recorded; unchanged if it fits."""
-    tokens = _engine_tokens(engine)
-    if tokens is not None:
-        used, limit = cut_to_tokens(req.text, *tokens).rstrip(), f"{tokens[1]} text tokens"
+    reader = engine.prompt_reader()
+    if reader is not None and reader.token_count > SPECIAL_TOKENS:
+        used = cut_to_tokens(req.text, reader.tokenize, reader.token_count).rstrip()
+        limit = f"{reader.token_count} text tokens"
     else:
         used, limit = cut_to_chars(req.text, max_chars).rstrip(), f"{max_chars} characters"
     if used == req.text or not used:

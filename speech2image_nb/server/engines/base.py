@@ -25,6 +25,7 @@ __all__ = [
     "Engine",
     "ImageJob",
     "LoadProgress",
+    "PromptReader",
     "StepProgress",
     "image_seed",
     "resolve_device_and_dtype",
@@ -92,6 +93,18 @@ LoadProgress = Callable[[float, str], None]
 StepProgress = Callable[[int, int, "Sequence[Image.Image] | None"], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptReader:
+    """How much of a prompt an engine reads, in its own tokens.
+
+    ``tokenize(text)`` returns the token ids with the two special tokens (start, end) around
+    them; the engine reads the first ``token_count`` of them and ignores the rest.
+    """
+
+    tokenize: Callable[[str], list[int]]
+    token_count: int
+
+
 class Engine(abc.ABC):
     """An image generator. The constructor stores settings; :meth:`load` does the heavy work."""
 
@@ -120,6 +133,14 @@ class Engine(abc.ABC):
         if unknown:
             raise ValueError(f"unknown field(s) for engine {self.name}: {', '.join(sorted(unknown))}")
         return dict(options)
+
+    def prompt_reader(self) -> PromptReader | None:
+        """How much of a prompt this engine reads, once loaded; ``None``: it does not say.
+
+        The server cuts a longer prompt to what the engine reads (and reports the cut); for an
+        engine that returns ``None`` it cuts at ``--max-prompt-chars`` characters instead.
+        """
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``GET /``: name, device, max_batch."""

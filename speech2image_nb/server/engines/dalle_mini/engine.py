@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ....errors import EngineError, ModelNotAvailable
-from ..base import DTYPE_NAMES, Engine, ImageJob, LoadProgress, StepProgress
+from ..base import DTYPE_NAMES, Engine, ImageJob, LoadProgress, PromptReader, StepProgress
 from ..cpu import bf16_is_native, resolve_threads, torch_threads
 from .config import IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
 from .options import OPTION_NAMES, SamplingOptions
@@ -668,6 +668,12 @@ class DalleMiniEngine(Engine):
             )
 
         return on_tokens
+
+    def prompt_reader(self) -> PromptReader | None:
+        """The BPE tokenizer and the text tokens the encoder reads (64 for mini and mega)."""
+        if self.model is None:
+            return None
+        return PromptReader(self.model.tokenizer.tokenize, self.model.config.text_token_count)
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``GET /``: engine, device, max_batch, dtype."""
