@@ -64,9 +64,12 @@ What it does besides refusing:
   first audio), ``"unknown_messages"`` (``Heartbeat``, ``Warning``, ``SpeechStarted`` and a made-up
   type mixed in). The two mid-turn faults fire after ``fault_after_turns`` Turn messages went out
   (0: in place of the first; 1: after one partial, so the client has words when the sentence is
-  cut), and ``SessionRecord.fault_at`` says when. ``faulty_sessions=n`` gives the fault to the
-  first ``n`` sessions only, so the next one works (reconnect tests). ``close_after_begin=(code,
-  reason)`` closes right after ``Begin`` (close-code tests).
+  cut), and at the latest in place of the first end of turn (whose words then go out as a
+  partial first if none did), so the first sentence never completes however slow the decoding;
+  ``SessionRecord.fault_at`` says when.
+  ``faulty_sessions=n`` gives the fault to the first ``n`` sessions only, so the next one works
+  (reconnect tests). ``close_after_begin=(code, reason)`` closes right after ``Begin``
+  (close-code tests).
 
 Test knob: ``duration_scale`` shrinks the service's long durations (the 3 h session, a token's
 lifetime and ``max_session_duration_seconds``, ``inactivity_timeout``) by that factor, so a test
@@ -283,14 +286,21 @@ class _Session:
             "words": word_list,
         }
 
-    async def mid_turn_fault(self) -> bool:
+    def fault_is_due(self, *, end_of_turn: bool) -> bool:
+        """Whether a mid-turn fault fires instead of the Turn about to go out."""
+        if self.fault not in MID_TURN_FAULTS:
+            return False
+        return end_of_turn or self.turns_sent >= self.fake.fault_after_turns
+
+    async def mid_turn_fault(self, *, end_of_turn: bool) -> bool:
         """Fault modes ``drop_mid_turn`` / ``cancel_mid_turn``, instead of the Turn about to go out.
 
-        Fires once ``fault_after_turns`` Turns were sent; True when it did (the session is over).
+        Fires once ``fault_after_turns`` Turns were sent, or at the first end of turn if that
+        comes sooner; True when it did (the session is over).
         The drop aborts the TCP connection (no close frame, as a network that goes away); the
         cancel closes 3005 with the service's catch-all reason.
         """
-        if self.fault not in MID_TURN_FAULTS or self.turns_sent < self.fake.fault_after_turns:
+        if not self.fault_is_due(end_of_turn=end_of_turn):
             return False
         self.record.fault_at = time.monotonic()
         if self.fault == "drop_mid_turn":
@@ -318,7 +328,7 @@ class _Session:
                     if not text or order != self.turn_order:
                         continue
                     self.turn_order_of_job = order
-                    if await self.mid_turn_fault():
+                    if await self.mid_turn_fault(end_of_turn=False):
                         return
                     await self.send(
                         self._turn(
@@ -334,11 +344,14 @@ class _Session:
                     text = await self.fake.decode(self.samples[start * 2 : stop * 2], beam_size=5)
                     if not _plain(text):
                         continue
-                    if await self.mid_turn_fault():
+                    span = {"start_s": start / self.rate, "end_s": stop / self.rate}
+                    self.turn_order_of_job = order
+                    if self.fault_is_due(end_of_turn=True) and self.turns_sent < self.fake.fault_after_turns:
+                        # the partials came too late (a loaded machine): the words go out as a partial
+                        await self.send(self._turn(_plain(text), end=False, formatted=False, **span))
+                    if await self.mid_turn_fault(end_of_turn=True):
                         return
                     await self.send_noise()
-                    self.turn_order_of_job = order
-                    span = {"start_s": start / self.rate, "end_s": stop / self.rate}
                     if self.formats_finals:  # u3-rt-pro: one end-of-turn message, formatted
                         await self.send(self._turn(text.strip(), end=True, formatted=True, **span))
                         continue

@@ -87,7 +87,16 @@ def running_streams() -> list[asyncio.Task]:
 )
 def test_assemblyai_fault_mid_sentence_keeps_the_words_and_the_next_take_reconnects(make_panel, fault, line):
     """TCP drop or close 3005 mid-sentence: words kept, a line at once, stray chunks dropped, next take ok."""
-    with FakeAssemblyAI(api_key=KEY, fault=fault, fault_after_turns=1, faulty_sessions=1) as fake:
+    # One partial goes out, then the fault (at the latest instead of the sentence's end); partials
+    # every 0.3 s of audio and a 1.2 s end of turn leave a loaded machine time to decode that partial.
+    with FakeAssemblyAI(
+        api_key=KEY,
+        fault=fault,
+        fault_after_turns=1,
+        faulty_sessions=1,
+        partial_every_s=0.3,
+        end_silence_ms=1200,
+    ) as fake:
         settings = no_env(assemblyai_api_key=KEY, assemblyai_streaming_url=fake.url)
         transcriber = AssemblyAITranscriber(settings=settings, force_endpoint_on_stop=True)
         panel = make_panel(settings=settings, transcriber=transcriber, image_service=FakeImageService())
@@ -102,7 +111,9 @@ def test_assemblyai_fault_mid_sentence_keeps_the_words_and_the_next_take_reconne
         first = fake.sessions[0]
         assert first.fault_at is not None and len(fake.sessions) == 1  # no session for the stray chunks
         delay_s = shown_at - first.fault_at
-        heard = " ".join(w["text"] for w in first.sent[-1]["words"])  # the one partial that went out
+        turns = [m for m in first.sent if m["type"] == "Turn"]
+        assert [t["end_of_turn"] for t in turns] == [False], turns  # one partial, then the fault
+        heard = " ".join(w["text"] for w in turns[0]["words"])
         assert panel.error_text == line
         assert heard and heard in panel.transcript_html.value and panel.prompt_text.value == heard
         assert recorder.recording is False and delay_s < 1.0 * TIME_FACTOR
@@ -185,6 +196,7 @@ def test_a_server_that_never_answers_gives_up_at_the_timeout_naming_it_and_the_p
             assert wait_until(lambda: panel.prompt_text.value == "a red fox sitting in the snow", 5)
             panel.prompt_text.value = "a blue bird on a branch"  # edit
             panel.generate_button.click()  # waits for the server
+            assert wait_until(lambda: panel.session.status.activity == "generating 1 image…", 5)
             panel.generate_button.click()  # queued behind it
             assert panel.session.status.activity == "queued (1 waiting)" and panel.error_text == ""
             assert "(connecting…)" in panel.session.status.images
