@@ -19,7 +19,9 @@ sentences a teacher understands. Secrets never appear in a message.
     ├── AuthError                    a key or token was refused (speech service or image server)
     ├── ServiceUnreachable           a service could not be reached at all
     │   └── ServerUnreachable        ... the image server in particular
+    │       └── TunnelGone           its public tunnel address leads nowhere any more
     ├── TranscriptionError           the speech service ended the session with an error
+    │   ├── SessionCancelled         the service cancelled the session (close 3005)
     │   ├── AudioRateError           audio sent too fast or in bad chunk sizes (close 3007)
     │   ├── SessionExpired           the session hit its maximum duration (close 3008)
     │   └── TooManySessions          too many concurrent sessions (close 3009)
@@ -54,10 +56,12 @@ __all__ = [
     "ServerError",
     "ServerUnreachable",
     "ServiceUnreachable",
+    "SessionCancelled",
     "SessionExpired",
     "Speech2ImageError",
     "TooManySessions",
     "TranscriptionError",
+    "TunnelGone",
 ]
 
 
@@ -157,6 +161,19 @@ class ServerUnreachable(ServiceUnreachable):
     """The image server could not be reached."""
 
 
+class TunnelGone(ServerUnreachable):
+    """The image server's public tunnel address leads nowhere any more.
+
+    A quick tunnel (``*.trycloudflare.com``, ngrok) gets a new address each time the server
+    notebook starts; the old one stops resolving, or the tunnel's edge answers that the tunnel is
+    not connected. ``reason`` says which of these was seen.
+    """
+
+    def __init__(self, message: str, *, url: str = "", reason: str = "") -> None:
+        super().__init__(message, url=url)
+        self.reason = reason
+
+
 class TranscriptionError(Speech2ImageError):
     """The speech service ended the session with an error.
 
@@ -167,6 +184,10 @@ class TranscriptionError(Speech2ImageError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class SessionCancelled(TranscriptionError):
+    """The service cancelled the session on its side (close 3005, its catch-all for server errors)."""
 
 
 class AudioRateError(TranscriptionError):

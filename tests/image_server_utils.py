@@ -1,15 +1,33 @@
-"""Helpers for the image server tests: the real server in a thread, and small stand-in servers."""
+"""Helpers for the image server tests: the real server in a thread or in its own process, and
+small stand-in servers (one that answers as routed, one that accepts and never answers).
+
+``python -m tests.image_server_utils --port N --latency-s S`` runs the real server (uvicorn,
+FastAPI, the batcher) with a noise engine that takes ``S`` seconds per generation, in the
+foreground, as ``python -m speech2image_nb.server`` does: :class:`ServerProcess` starts it so that
+a test can kill it mid-generation and start it again on the same port. (The command-line server's
+``noise`` engine takes no time at all, and a generation that is over before the kill shows nothing.)
+"""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from speech2image_nb.server import BackgroundServer, start_background
@@ -113,3 +131,136 @@ def never_answers(seconds: float) -> Route:
         time.sleep(seconds)
 
     return route
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """The real image server with a slow noise engine as its own process on 127.0.0.1:``port``.
+
+    :meth:`kill` ends it with SIGKILL (no shutdown, no goodbye: its sockets close as the process
+    dies), and :meth:`start` brings it back on the same port, so the same URL works again.
+    """
+
+    def __init__(self, *, latency_s: float = 0.0, steps: int = 4, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.latency_s = latency_s
+        self.steps = steps
+        self._log_path = Path(tempfile.mkdtemp(prefix="s2i-server-process-")) / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout_s: float = 60.0) -> ServerProcess:
+        """Launch it and wait until ``GET /`` answers."""
+        cmd = [sys.executable, "-m", "tests.image_server_utils", "--port", str(self.port)]
+        cmd += ["--latency-s", str(self.latency_s), "--steps", str(self.steps)]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env.pop("S2I_SERVER_TOKEN", None)
+        with open(self._log_path, "ab") as log:
+            self._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the image server exited early:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2.0) as answer:
+                    json.loads(answer.read())
+                return self
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.1)
+        self.kill()
+        raise TimeoutError(f"the image server did not answer within {timeout_s} s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def log(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        with contextlib.suppress(OSError):
+            self._log_path.unlink()
+            self._log_path.parent.rmdir()
+
+
+class SilentListener:
+    """A TCP listener on 127.0.0.1:0 that accepts every connection, reads it, and never writes.
+
+    What a server looks like whose process hangs (or a network that takes requests in and
+    drops the answers): the connection opens, the request goes out, nothing comes back.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted = 0
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="silent-listener", daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                conn, _ = self._sock.accept()
+                conn.settimeout(0.1)
+                self._open.append(conn)
+                self.accepted += 1
+            for conn in list(self._open):  # read what comes, answer nothing
+                with contextlib.suppress(TimeoutError, BlockingIOError):
+                    try:
+                        conn.recv(65536)
+                    except OSError:
+                        self._open.remove(conn)
+
+    def __enter__(self) -> SilentListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._open:
+            conn.close()
+        self._sock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve with a noise engine of the given latency until killed (see the module docstring)."""
+    from speech2image_nb.server.engines.noise import NoiseEngine
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency-s", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args(argv)
+    engine = NoiseEngine(size_px=64, base_latency_s=args.latency_s, steps=args.steps)
+    server = start_background(engine, port=args.port, ready_timeout_s=30)
+    print(f"ready: image server at {server.url}", flush=True)
+    while not server.join(1.0):
+        pass
+
+
+if __name__ == "__main__":
+    main()

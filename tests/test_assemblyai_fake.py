@@ -25,6 +25,7 @@ from speech2image_nb.errors import (
     AudioRateError,
     AuthError,
     ServiceUnreachable,
+    SessionCancelled,
     SessionExpired,
     TooManySessions,
     TranscriptionError,
@@ -363,7 +364,7 @@ def test_a_frame_shorter_than_50_ms_closes_3007_and_raises_audio_rate_error(fake
     [
         (3008, "Session Expired: Maximum session duration exceeded", SessionExpired),
         (3009, "Unauthorized Connection: Too many concurrent sessions", TooManySessions),
-        (3005, "Session Cancelled: An error occurred", TranscriptionError),
+        (3005, "Session Cancelled: An error occurred", SessionCancelled),
         (3006, "Invalid Message Type: Foo", TranscriptionError),
     ],
 )

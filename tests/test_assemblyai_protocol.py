@@ -7,6 +7,7 @@ import pytest
 from speech2image_nb.errors import (
     AudioRateError,
     AuthError,
+    SessionCancelled,
     SessionExpired,
     TooManySessions,
     TranscriptionError,
@@ -101,7 +102,7 @@ def test_turn_tracker_replaces_by_turn_and_commits_on_end_of_turn():
 
 
 def test_close_codes_map_to_actionable_errors():
-    """1008/3007/3008/3009 get their own classes; others keep the server's reason."""
+    """1008/3005/3007/3008/3009 get their own classes; others keep the server's reason."""
     auth = proto.error_for_close(1008, "Unauthorized Connection: Invalid API key")
     assert isinstance(auth, AuthError) and auth.service == "AssemblyAI"
     assert "check your AssemblyAI key / balance" in str(auth)
@@ -109,9 +110,15 @@ def test_close_codes_map_to_actionable_errors():
     assert isinstance(rate, AudioRateError) and rate.code == 3007 and "20 ms" in str(rate)
     assert isinstance(proto.error_for_close(3008, "Session Expired"), SessionExpired)
     assert isinstance(proto.error_for_close(3009, "Too many concurrent sessions"), TooManySessions)
-    other = proto.error_for_close(3005, "Session Cancelled: An error occurred")
-    assert type(other) is TranscriptionError and other.reason == "Session Cancelled: An error occurred"
-    assert "3005" in str(other) and "An error occurred" in str(other)
+    cancelled = proto.error_for_close(3005, "Session Cancelled: An error occurred")
+    assert isinstance(cancelled, SessionCancelled) and cancelled.code == 3005
+    assert str(cancelled) == (
+        "AssemblyAI cancelled the session (the service said: Session Cancelled: An error occurred): "
+        "record again."
+    )
+    other = proto.error_for_close(3006, "Invalid Message Type: Foo")
+    assert type(other) is TranscriptionError and other.reason == "Invalid Message Type: Foo"
+    assert "3006" in str(other) and "Invalid Message Type: Foo" in str(other)
 
 
 def test_rechunker_makes_fixed_frames_and_pads_the_tail():

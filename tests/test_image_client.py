@@ -145,7 +145,7 @@ CHAINED = {"truncated json", "connection cut mid-body", "invalid base64", "not a
             ServerError,
         ),
         ("truncated json", lambda h, b: send(h, 200, b'{"generatedImgs": ["abc'), BadServerResponse),
-        ("connection cut mid-body", cut_short, BadServerResponse),
+        ("connection cut mid-body", cut_short, ServerUnreachable),  # the server went away
         ("invalid base64", answer({"generatedImgs": ["not base64 !!"]}), BadServerResponse),
         (
             "not an image",

@@ -130,3 +130,20 @@ def test_generate_embedded_server_stops_when_connect_names_another(monkeypatch):
         speech2image_nb.connect(remote.url)
         assert wait_until(lambda: not embedded.ready, 10)
         assert speech2image_nb.generate("a kite").engine == "remote"
+
+
+def test_an_open_service_switches_to_a_server_connect_names_later():
+    """connect() after a service opened (a new tunnel line): next open() uses it; its embedded one stops."""
+    embedded = service.ImageService(settings())
+    try:
+        assert embedded.open(timeout_s=30).health()["engine"] == "noise"
+        started = embedded._server
+        assert started is not None and started.ready
+        with running_server(named_noise("new-tunnel")) as remote:
+            client = service.connect(remote.url)
+            assert embedded.open() is client and embedded.engine_name() == "new-tunnel"
+            assert embedded.describe() == remote.url and not started.ready
+            service.connect(remote.url)  # the same server again: one more switch, still drawing
+            assert embedded.open().health()["engine"] == "new-tunnel"
+    finally:
+        embedded.close()

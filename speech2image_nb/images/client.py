@@ -7,7 +7,9 @@ at ``/dalle`` (before 2022-11) or ``/generate`` (after). The route that answers 
 404 or 405 moves on to the other. Those older shapes are handled here, not in the protocol.
 
 Every call has a finite ``(connect, read)`` timeout, answers are read with a size cap, and every
-failure is one of :class:`~speech2image_nb.errors.ServerUnreachable` (no answer),
+failure is one of :class:`~speech2image_nb.errors.ServerUnreachable` (no answer, or the connection
+closed mid-answer; :class:`~speech2image_nb.errors.TunnelGone` when the address was a tunnel that
+is gone, see :mod:`~speech2image_nb.images.tunnels`),
 :class:`~speech2image_nb.errors.AuthError` (token refused), :class:`~speech2image_nb.errors.ServerError`
 (an error status with the server's code and message) or
 :class:`~speech2image_nb.errors.BadServerResponse` (not JSON, not base64, not an image, wrong shape,
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..config import Secret
-from ..errors import AuthError, BadServerResponse, ServerError, ServerUnreachable
+from ..errors import AuthError, BadServerResponse, ServerError, ServerUnreachable, TunnelGone
 from .protocol import (
     GENERATE_ROUTE,
     HEALTH_ROUTE,
@@ -47,6 +49,7 @@ from .protocol import (
     parse_generate_answer,
     status_of,
 )
+from .tunnels import edge_says_tunnel_gone, is_tunnel_host, name_does_not_exist, tunnel_gone_message
 
 if TYPE_CHECKING:
     import requests
@@ -69,6 +72,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = (5.0, 300.0)  # (connect, read): the read part covers a slow generation
+DEFAULT_HEALTH_TIMEOUT_S = 15.0  # read timeout of the status check: it answers at once when alive
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20  # 10 PNGs of 1024 px in base64 fit well below this
 READ_CHUNK_BYTES = 64 * 1024
 ROUTES = (GENERATE_ROUTE, LEGACY_GENERATE_ROUTE)
@@ -168,6 +172,10 @@ class ImageClient:
         A ``requests.Session`` to use (tests may mount adapters); a new one by default.
     max_response_bytes
         Answers larger than this are refused with BadServerResponse.
+    health_timeout_s
+        Read timeout of :meth:`health` (at most ``timeout_s``'s read part): a live server answers
+        its status at once, so a server that hangs is reported in seconds, not after the minutes a
+        generation may take.
     """
 
     def __init__(
@@ -178,6 +186,7 @@ class ImageClient:
         timeout_s: tuple[float, float] = DEFAULT_TIMEOUT_S,
         session: requests.Session | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
     ) -> None:
         try:
             self.url = normalize_url(url)
@@ -190,6 +199,9 @@ class ImageClient:
         if not (connect_s > 0 and read_s > 0):
             raise ValueError("timeouts must be positive")
         self.timeout_s = (float(connect_s), float(read_s))
+        if not health_timeout_s > 0:
+            raise ValueError("health_timeout_s must be positive")
+        self.health_timeout_s = min(float(health_timeout_s), self.timeout_s[1])
         self.max_response_bytes = max_response_bytes
         self._session = session
         self._route: str | None = None  # the generate route that answered last time
@@ -245,23 +257,42 @@ class ImageClient:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
         return headers
 
-    def _send(self, method: str, path: str, *, body: Any = None, stream: bool = False) -> requests.Response:
-        unreachable = f"Cannot reach the image server at {self.url}; check the URL and that the server runs."
-        with self._transport_errors(
-            timeout=f"The image server at {self.url} did not answer within {self.timeout_s[1]:g} s; "
-            "check that it is still running.",
-            failure=lambda: ServerUnreachable(unreachable, url=self.url),
-        ):
+    def _send(
+        self, method: str, path: str, *, body: Any = None, stream: bool = False, read_s: float | None = None
+    ) -> requests.Response:
+        import requests
+
+        read_s = self.timeout_s[1] if read_s is None else read_s
+        try:
             return self.session.request(
                 method,
                 self.url + path,
                 data=None if body is None else json.dumps(body),
                 headers=self._headers(stream=stream),
-                timeout=self.timeout_s,
+                timeout=(self.timeout_s[0], read_s),
                 stream=True,
             )
+        except requests.Timeout as exc:
+            raise ServerUnreachable(
+                f"The image server at {self.url} did not answer within {read_s:g} s; "
+                "check that it is still running.",
+                url=self.url,
+            ) from exc
+        except requests.RequestException as exc:
+            if is_tunnel_host(self.url) and name_does_not_exist(exc):
+                reason = "its name does not resolve any more"
+                raise TunnelGone(tunnel_gone_message(self.url, reason), url=self.url, reason=reason) from exc
+            raise ServerUnreachable(
+                f"Cannot reach the image server at {self.url}; check the URL and that the server runs.",
+                url=self.url,
+            ) from exc
 
-    def _read(self, response: requests.Response) -> bytes:
+    def _raise_if_tunnel_gone(self, response: requests.Response, raw: bytes) -> None:
+        reason = edge_says_tunnel_gone(response.status_code, response.headers, raw)
+        if reason:
+            raise TunnelGone(tunnel_gone_message(self.url, reason), url=self.url, reason=reason)
+
+    def _read(self, response: requests.Response, *, read_s: float | None = None) -> bytes:
         """The whole body, at most ``max_response_bytes`` and within the read timeout overall."""
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.max_response_bytes:
@@ -270,13 +301,18 @@ class ImageClient:
                 f"The image server's answer is too large ({int(length)} bytes; "
                 f"limit {self.max_response_bytes})."
             )
-        deadline = time.monotonic() + self.timeout_s[1]
+        read_s = self.timeout_s[1] if read_s is None else read_s
+        deadline = time.monotonic() + read_s
         chunks: list[bytes] = []
         size = 0
         try:
             with self._transport_errors(
-                timeout=f"The image server at {self.url} stopped answering for {self.timeout_s[1]:g} s.",
-                failure=lambda: BadServerResponse("The image server's answer was cut off."),
+                timeout=f"The image server at {self.url} stopped answering for {read_s:g} s.",
+                failure=lambda: ServerUnreachable(
+                    f"The image server at {self.url} closed the connection in the middle of its answer: "
+                    "check that it still runs, then try again.",
+                    url=self.url,
+                ),
             ):
                 for chunk in response.iter_content(READ_CHUNK_BYTES):
                     size += len(chunk)
@@ -286,8 +322,7 @@ class ImageClient:
                         )
                     if time.monotonic() > deadline:
                         raise ServerUnreachable(
-                            f"The image server at {self.url} did not finish its answer within "
-                            f"{self.timeout_s[1]:g} s.",
+                            f"The image server at {self.url} did not finish its answer within {read_s:g} s.",
                             url=self.url,
                         )
                     chunks.append(chunk)
@@ -299,6 +334,7 @@ class ImageClient:
         status = response.status_code
         if status < 400:
             return
+        self._raise_if_tunnel_gone(response, raw)
         if status in (401, 403):
             raise AuthError(
                 "The image server refused the token: pass the token it printed, e.g. "
@@ -324,8 +360,8 @@ class ImageClient:
 
     def health(self) -> dict[str, Any]:
         """``GET /``: the server's status (``{"success": true, ...}``)."""
-        response = self._send("GET", HEALTH_ROUTE)
-        raw = self._read(response)
+        response = self._send("GET", HEALTH_ROUTE, read_s=self.health_timeout_s)
+        raw = self._read(response, read_s=self.health_timeout_s)
         self._raise_for_status(response, raw)
         body = self._json(raw)
         if not isinstance(body, dict):
@@ -340,6 +376,7 @@ class ImageClient:
             response = self._send("POST", route, body=body)
             raw = self._read(response)
             if response.status_code in (404, 405) and position < len(routes) - 1:
+                self._raise_if_tunnel_gone(response, raw)  # ngrok's offline page is a 404 too
                 continue
             self._raise_for_status(response, raw)
             self._route = route
@@ -393,7 +430,7 @@ class ImageClient:
             )
             response = self._send("POST", STREAM_ROUTE, body=body, stream=True)
             if response.status_code in (404, 405):
-                self._read(response)
+                self._raise_if_tunnel_gone(response, self._read(response))
                 self._has_stream = False
             else:
                 self._has_stream = True
@@ -419,7 +456,11 @@ class ImageClient:
         size = 0
         with self._transport_errors(
             timeout=f"The image server at {self.url} sent nothing for {self.timeout_s[1]:g} s.",
-            failure=lambda: BadServerResponse("The image server's stream was cut off."),
+            failure=lambda: ServerUnreachable(
+                f"The image server at {self.url} closed the connection in the middle of a generation: "
+                "check that it still runs (or start it again), then try again.",
+                url=self.url,
+            ),
         ):
             for chunk in response.iter_content(chunk_size=None):
                 size += len(chunk)

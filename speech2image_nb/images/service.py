@@ -82,7 +82,9 @@ class ImageService:
 
     The constructor only stores; :meth:`open` decides (:func:`choose_server`) and connects, starting
     the embedded server when that is the choice, which may take minutes for real weights: call it
-    off the main thread. The decision holds until :meth:`close`.
+    off the main thread. The decision holds until :meth:`close`, or until :func:`connect` names
+    another server: that comes first in the precedence, so the next :meth:`open` switches to it
+    (what pasting the server notebook's new ``connect(...)`` line after its tunnel changed needs).
 
     Parameters
     ----------
@@ -120,8 +122,13 @@ class ImageService:
             From the client's health check or the embedded server's start.
         """
         with self._lock:
-            if self._client is not None:
+            connected = connected_client()
+            if self._client is not None and connected in (None, self._client):
                 return self._client
+            if self._client is not None:  # connect() named another server since
+                logger.info("switching to the image server connect() named: %s", connected)
+                self._release(self._server, self._client, self._choice)
+                self._server = self._client = self._choice = None
             choice = self._choice = choose_server(self.settings)
             if choice.client is not None:
                 client = choice.client
@@ -167,6 +174,11 @@ class ImageService:
             server, self._server = self._server, None
             client, self._client = self._client, None
             choice, self._choice = self._choice, None
+        self._release(server, client, choice)
+
+    def _release(
+        self, server: BackgroundServer | None, client: ImageClient | None, choice: ServerChoice | None
+    ) -> None:
         atexit.unregister(self.close)
         if client is not None and (choice is None or choice.client is not client):
             client.close()  # a client connect() made belongs to the caller of connect()
@@ -180,10 +192,11 @@ class ImageService:
 def connect(
     url: str, token: str | Secret | None = None, *, timeout_s: tuple[float, float] = DEFAULT_TIMEOUT_S
 ) -> ImageClient:
-    """Use the image server at ``url`` from now on, for :func:`generate` and every panel opened later.
+    """Use the image server at ``url`` from now on, for :func:`generate` and every panel.
 
     It comes first in the precedence (module docstring). An embedded server that :func:`generate`
-    started before is stopped.
+    started before is stopped; a panel already open switches at its next generation (stopping
+    its own embedded server, if it had started one).
 
     Parameters
     ----------

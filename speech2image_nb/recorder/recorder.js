@@ -4,6 +4,13 @@
 // widget displayed twice still opens the microphone once. The AudioWorklet mixes to mono,
 // resamples to `sample_rate` (16 kHz) and cuts chunks of `chunk_ms`; each chunk goes to the
 // kernel as `model.send({kind: "chunk", seq}, undefined, [buffer])`. See widget.py for the protocol.
+//
+// A take ends by itself, cleanly, when the browser stops the audio under it: the AudioContext
+// turns "suspended" (a hidden tab on a phone, a page the browser froze) or "interrupted" (Safari:
+// a call, another app took the microphone). No more audio would come, and a take left open would
+// keep the kernel waiting for it; so the take stops as if Stop had been pressed, with what was
+// recorded until then, the widget says why, and the next Record opens a new context. The state is
+// checked again when the tab becomes visible, in case the change came while the page was frozen.
 
 const MESSAGES = {
   "insecure-context":
@@ -23,6 +30,9 @@ const MESSAGES = {
 const FLUSH_TIMEOUT_MS = 500; // wait this long for the worklet's last partial chunk
 const RESUME_TIMEOUT_MS = 1500; // an AudioContext that is not running by then will not start
 const LEVEL_FLOOR_DB = -60; // the meter's empty end
+const SUSPENDED_NOTICE = // the same text as SUSPENDED_NOTICE in widget.py
+  "Recording stopped: the browser paused audio (the tab was hidden, or another app took the " +
+  "microphone). What was recorded is kept; press record to go on.";
 
 // Runs in the audio thread. Mixes to mono, resamples (box filter when downsampling, linear
 // interpolation when upsampling), converts to int16, posts chunks and a level every ~50 ms.
@@ -126,6 +136,7 @@ class Capture {
     this.views = new Set();
     this.state = "idle"; // idle | starting | recording | stopping
     this.localError = "";
+    this.notice = ""; // why the last take ended by itself
     this.level = 0;
     this.startedAt = 0;
     this.seq = 0;
@@ -136,11 +147,21 @@ class Capture {
     this.ticker = null;
     this.onRecording = () => this.syncWithModel();
     model.on("change:recording", this.onRecording);
+    this.onVisibility = () => this.checkAudioRuns();
+    document.addEventListener("visibilitychange", this.onVisibility);
   }
 
   destroy() {
     this.model.off("change:recording", this.onRecording);
+    document.removeEventListener("visibilitychange", this.onVisibility);
     this.release();
+  }
+
+  // The browser stopped the audio under a running take: end the take with what it has.
+  checkAudioRuns() {
+    if (this.state !== "recording" || !this.ctx || this.ctx.state === "running") return;
+    this.notice = SUSPENDED_NOTICE;
+    this.stop("suspended");
   }
 
   setModel(values) {
@@ -171,6 +192,7 @@ class Capture {
   async start() {
     this.state = "starting";
     this.localError = "";
+    this.notice = "";
     this.seq = 0;
     this.setModel({ recording: true, status: "starting", error: "" });
     this.redraw();
@@ -191,6 +213,7 @@ class Capture {
     }
     try {
       this.ctx = new AudioContext();
+      this.ctx.onstatechange = () => this.checkAudioRuns(); // "suspended", "interrupted"
       if (this.ctx.state !== "running") await withTimeout(this.ctx.resume(), RESUME_TIMEOUT_MS, "resume");
       await withTimeout(this.ctx.audioWorklet.addModule(getWorkletUrl()), 5000, "addModule");
       const chunkMs = this.model.get("chunk_ms") || 100;
@@ -250,7 +273,9 @@ class Capture {
       : 0;
   }
 
-  async stop() {
+  // `reason` is "" for Stop (a click, the kernel, max_seconds) and "suspended" when the browser
+  // stopped the audio; the kernel gets it with the "stopped" message.
+  async stop(reason = "") {
     if (this.state === "starting") {
       this.state = "idle"; // start() notices and releases
       this.setModel({ status: "idle" });
@@ -275,7 +300,7 @@ class Capture {
     const chunkCount = this.seq;
     this.release();
     this.state = "idle";
-    this.model.send({ kind: "stopped", chunk_count: chunkCount, duration_s: duration });
+    this.model.send({ kind: "stopped", chunk_count: chunkCount, duration_s: duration, reason });
     const values = { status: "idle" };
     if (this.model.get("recording")) values.recording = false;
     this.setModel(values);
@@ -291,6 +316,7 @@ class Capture {
         this.node.port.onmessage = null;
         this.node.disconnect();
       }
+      if (this.ctx) this.ctx.onstatechange = null; // closing it is no news
     } catch (_) {
       /* already disconnected */
     }
@@ -362,7 +388,7 @@ class View {
     const db = c.level > 0 ? 20 * Math.log10(c.level) : LEVEL_FLOOR_DB;
     const pct = Math.max(0, Math.min(100, ((db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB) * 100));
     this.bar.style.width = `${active ? pct : 0}%`;
-    const error = c.model.get("error") || c.localError;
+    const error = c.model.get("error") || c.localError || c.notice;
     this.message.textContent = error;
     this.message.hidden = !error;
   }

@@ -12,7 +12,10 @@ Protocol (front end -> kernel, ``model.send``):
 - ``{"kind": "chunk", "seq": n}`` with one binary buffer: little-endian int16 mono PCM at
   ``sample_rate`` Hz, ``chunk_ms`` long (the last one of a take may be shorter). ``seq`` restarts
   at 0 with each take.
-- ``{"kind": "stopped", "chunk_count": n, "duration_s": s}`` after the last chunk of a take.
+- ``{"kind": "stopped", "chunk_count": n, "duration_s": s, "reason": r}`` after the last chunk of a
+  take; ``reason`` is ``""`` for Stop, ``"suspended"`` when the take ended by itself because the
+  browser stopped its audio (a hidden tab's AudioContext suspended, Safari's "interrupted"): the
+  widget then shows :data:`SUSPENDED_NOTICE`, and the take holds what was recorded until then.
 - ``{"kind": "error", "code": ..., "message": ...}``: ``code`` is a :class:`RecorderError` code.
 
 Unknown kinds are ignored. State lives in synced traits: ``recording`` (either side may flip
@@ -51,7 +54,7 @@ from ..errors import (
 from ..frontend import COLAB, VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend, enable_colab_widgets
 from .callbacks import RecorderCallbacks
 
-__all__ = ["ERROR_MESSAGES", "FRONTEND_MESSAGES", "Recorder", "recorder_error"]
+__all__ = ["ERROR_MESSAGES", "FRONTEND_MESSAGES", "SUSPENDED_NOTICE", "Recorder", "recorder_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,12 @@ ERROR_MESSAGES: dict[str, str] = {
         "The recorder's JavaScript did not answer: reload the page (usual right after %pip install)."
     ),
 }
+
+#: What the widget shows when a take ended because the browser stopped its audio (recorder.js has it too).
+SUSPENDED_NOTICE = (
+    "Recording stopped: the browser paused audio (the tab was hidden, or another app took the "
+    "microphone). What was recorded is kept; press record to go on."
+)
 
 #: Where a front end needs another fix than :data:`ERROR_MESSAGES` gives: Colab has no "reload the
 #: page" (its outputs come back by running the cell), and VS Code gives notebooks no microphone.
@@ -216,6 +225,7 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         self._chunks: list[bytes] = []
         self._sample_count = 0
         self._next_seq = 0
+        self.stop_reason = ""  # why the last take ended: "" (Stop) or "suspended" (the browser's audio)
         self._init_callbacks()
         self._frontend_seen = threading.Event()
         self._frontend_timer: threading.Timer | None = None
@@ -331,7 +341,10 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         self._fire_audio(data)
 
     def _handle_stopped(self, content: dict[str, Any]) -> None:
-        logger.debug("recorder: take stopped after %s chunks", content.get("chunk_count"))
+        self.stop_reason = str(content.get("reason") or "")
+        logger.debug(
+            "recorder: take stopped after %s chunks (%s)", content.get("chunk_count"), self.stop_reason
+        )
         self._fire_stop()
 
     def _report_error(self, error: RecorderError) -> None:

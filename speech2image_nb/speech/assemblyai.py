@@ -273,6 +273,18 @@ class AssemblyAITranscriber:
         Ends after the service confirms the end of the session (so the last sentence is never
         lost), or ``terminate_timeout_s`` after ``Terminate`` at the latest.
 
+        A session that breaks mid-take (the connection drops without a close frame, or the
+        service cancels it with 3005) raises at once and is not resumed: the events already
+        yielded stand, and the next call opens a new session. Why not reconnect and re-send the
+        unfinished turn's audio: the service refuses audio faster than real time (3007), so
+        every re-sent second would stay as a second of delay for the rest of the take; a network
+        that just dropped one connection often drops the next handshake too (retried for
+        ``open_timeout_s`` several times, while the person goes on speaking into nothing); the
+        re-sent turn would come back under new turn numbers, to be merged with the words
+        already shown; and 3005 is the service's own failure, which a retry may meet again. A
+        spoken prompt is a sentence or two: the caller keeps the words it has and the person
+        says the rest in a new take (what the panel does).
+
         Raises
         ------
         AuthError, ServiceUnreachable, TranscriptionError (and subclasses)
@@ -323,7 +335,8 @@ class AssemblyAITranscriber:
                         return
                     if frame is None:
                         raise TranscriptionError(
-                            "The connection to AssemblyAI was lost mid-session: record again.",
+                            "The connection to AssemblyAI was lost mid-session (closed without a "
+                            "close frame): record again.",
                             code=None,
                             reason="connection lost",
                         ) from exc

@@ -30,6 +30,7 @@ from ..config import (
 from ..errors import (
     AudioRateError,
     AuthError,
+    SessionCancelled,
     SessionExpired,
     Speech2ImageError,
     TooManySessions,
@@ -320,6 +321,12 @@ def error_for_close(code: int | None, reason: str = "") -> Speech2ImageError:
             f"AssemblyAI refused the connection{said}: check your AssemblyAI key / balance "
             "(ASSEMBLYAI_API_KEY).",
             service=SERVICE,
+        )
+    if code == 3005:
+        return SessionCancelled(
+            f"AssemblyAI cancelled the session{said}: record again.",
+            code=code,
+            reason=reason,
         )
     if code == 3007:
         return AudioRateError(

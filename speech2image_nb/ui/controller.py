@@ -115,6 +115,20 @@ class Transcript:
             self._session_turns.append(turn)
         return turn, first
 
+    def commit_partials(self) -> list[str]:
+        """Commit the current session's partial turns as they stand; returns their texts.
+
+        For a take that broke off mid-sentence: no final will come for them, and the words
+        heard so far are worth keeping.
+        """
+        kept = []
+        for turn in self._session_turns:
+            text, final = self._turns[turn]
+            if text and not final:
+                self._turns[turn] = (text, True)
+                kept.append(text)
+        return kept
+
     def text_of(self, turn: int) -> str:
         """The current text of ``turn`` (empty when unknown)."""
         return self._turns.get(turn, ("", False))[0]
@@ -197,6 +211,19 @@ class Controller:
                 return sentence, None
             request = GenerationRequest(new_id(), sentence, image_count, seed, turn)
             return sentence, self.submit(request)
+
+    def keep_unfinished(self) -> str | None:
+        """The take broke off: keep its unfinished sentence; returns the new prompt, or None.
+
+        The partial words become committed text (no final will replace them). The prompt is the
+        session's text, or in hands-free mode the kept words; hands-free does not draw them by
+        itself (the sentence was cut), Generate does. None when there was nothing unfinished.
+        """
+        with self._lock:
+            kept = self.transcript.commit_partials()
+            if not kept:
+                return None
+            return " ".join(kept) if self.hands_free else self.transcript.session_text() or None
 
     # --- generation queue ----------------------------------------------------------------------
 

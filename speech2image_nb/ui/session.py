@@ -10,6 +10,16 @@ A recording can also come as a file (:meth:`PanelSession.upload`, for where no m
 opened): it takes the whole-take path, so transcript, prompt and hands-free work as after a take;
 and wherever the recorder cannot record, the error line points to the upload.
 
+Faults (a classroom network): a transcription that breaks mid-take (the speech service's
+connection drops, or the service cancels the session) keeps the words heard so far as the prompt,
+says so in the error line, stops the recorder, and drops the chunks the browser still sends for
+that take; the next take opens a new session (why not resume the same one: see
+:meth:`~speech2image_nb.speech.assemblyai.AssemblyAITranscriber.stream`). An image server that
+cannot be reached (down, gone mid-generation, silent past its timeout, a tunnel that moved) marks
+the server "not available" with its line; each later Generate tries again, and the first that
+works marks it ready, with no restart of the panel. A Generate pressed while the start-up is still
+connecting waits for that attempt and shares its outcome, instead of waiting a second time.
+
 Threads: recorder callbacks and widget handlers run on the kernel's main thread or, on ipykernel
 7, on a subshell thread, and only enqueue. Live transcription runs on the runtime loop
 (:mod:`speech2image_nb.runtime`); generations run one after another on a worker thread; start-up
@@ -30,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadServerResponse, ConfigError
+from ..errors import BadServerResponse, ConfigError, ServerUnreachable
 from ..frontend import VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend
 from ..images.protocol import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
 from .controller import Controller, GenerationRequest, HistoryEntry, describe_error, seed_of
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from ..config import Settings
+    from ..images.client import ImageClient
     from ..images.service import ImageService
     from ..runtime import ThreadSafeQueue
     from ..speech.base import Transcriber, TranscriptEvent
@@ -62,6 +73,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 2.0  # after the recorder says "not recording", wait this long for its stop message
+START_WAIT_S = 660.0  # a Generate waits at most this long for the start-up's attempt (an embedded start)
+KEPT_HINT = "The words heard so far are kept in the prompt."
 
 
 class ServerState(enum.Enum):
@@ -236,9 +249,11 @@ class PanelSession:
         self._status_lock = threading.Lock()  # the start-up and generation threads all set parts
         self._server_state = ServerState.STARTING
         self._server_settled = threading.Event()  # set once the state is READY or UNAVAILABLE
+        self._start_failure: BaseException | None = None  # why the start-up could not connect
         self._grid = Grid("")
         self._audio_queue: ThreadSafeQueue[bytes] | None = None
         self._queue_lock = threading.Lock()
+        self._take_failed = False  # the take's transcription broke: drop its chunks until the next take
         self._idle = threading.Event()
         self._idle.set()
         self._closed = False
@@ -330,17 +345,24 @@ class PanelSession:
         try:
             self._images.open()
         except Exception as exc:
-            self._set_status(images=f"{self._images.describe()} (not available)")
+            self._start_failure = exc
             self.report(exc)
-            self._settle_server(ServerState.UNAVAILABLE)
+            self._mark_unavailable()
         else:
             self._mark_ready()
 
-    def _mark_ready(self) -> None:
+    def _ready_label(self) -> str:
         label, engine = self._images.describe(), self._images.engine_name()
         suffix = f" — {engine}" if engine and engine not in label else ""
-        self._set_status(images=f"{label}{suffix} (ready)")
+        return f"{label}{suffix} (ready)"
+
+    def _mark_ready(self) -> None:
+        self._set_status(images=self._ready_label())
         self._settle_server(ServerState.READY)
+
+    def _mark_unavailable(self) -> None:
+        self._set_status(images=f"{self._images.describe()} (not available)")
+        self._settle_server(ServerState.UNAVAILABLE)
 
     def _warm_up_speech(self) -> None:
         label = self._speech_label()
@@ -391,6 +413,7 @@ class PanelSession:
     def recording_changed(self, recording: bool) -> None:
         """The recorder started (``True``) or stopped a take."""
         if recording:
+            self._take_failed = False
             self.clear_error()
             self._set_status(activity="listening…")
             if self.streams:
@@ -424,8 +447,10 @@ class PanelSession:
             get_runtime().submit(self._transcribe_take(bytes(pcm)))
             return
         queue = self._audio_queue
-        if queue is None:  # audio before the "recording" change arrived
-            queue = self._begin_stream()
+        if queue is None:
+            if self._take_failed:  # the rest of a take whose transcription broke off
+                return
+            queue = self._begin_stream()  # audio before the "recording" change arrived
         queue.put(bytes(pcm))
 
     def take_ended(self) -> None:
@@ -470,11 +495,18 @@ class PanelSession:
             async for event in transcriber.stream(queue):
                 self._apply_transcript(event)
         except Exception as exc:
-            self.report(exc)
-            self._emit(StopRecording())
+            with self._queue_lock:  # before the recorder stops: the take's last chunks are dropped
+                if self._audio_queue in (queue, None):  # (not if the next take began meanwhile)
+                    self._take_failed = True
             queue.close()
-            async for _ in queue:  # drain what the recorder still sends
-                pass
+            kept = self.controller.keep_unfinished()
+            if kept is not None:
+                self._emit(TranscriptChanged(self.controller.transcript.to_html()))
+                self._emit(PromptChanged(kept))
+            self.report(exc, hint=KEPT_HINT if kept is not None else "")
+            self._emit(StopRecording())
+            # No draining: a closed queue drops what the recorder still sends, and its end marker
+            # may be gone already (the engine read it when the take ended before the failure).
 
     async def _transcribe_take(self, pcm: bytes) -> None:
         """Transcribe a whole take (recorders that deliver audio only after stop)."""
@@ -533,6 +565,8 @@ class PanelSession:
                 entry = self._run_generation(request)
             except Exception as exc:
                 self.report(exc)
+                if isinstance(exc, ServerUnreachable):
+                    self._mark_unavailable()
                 self._set_status(activity="")
             request = self.controller.finish(entry)
             if entry is not None:
@@ -543,9 +577,9 @@ class PanelSession:
         count = request.image_count
         self._set_status(activity=f"generating {count} image{'s' if count > 1 else ''}…")
         self._show_grid(Grid.empty(request.id, count))
-        client = self._images.open()
-        if self._server_state is not ServerState.READY:  # it came up after a failed start
-            self._mark_ready()
+        client = self._open_images()
+        if self._server_state is not ServerState.READY or self._status.images != self._ready_label():
+            self._mark_ready()  # it came up after a failure, or connect() named another server
         seed, engine = request.seed, ""
         for event in client.generate_stream(request.prompt, num_images=count, seed=request.seed):
             match event:
@@ -566,6 +600,17 @@ class PanelSession:
         self._show_grid(dataclasses.replace(self._grid, entry=entry))
         self._set_status(activity="")
         return entry
+
+    def _open_images(self) -> ImageClient:
+        """The image client; while the start-up still connects, wait for it and share its outcome.
+
+        Without this, a Generate pressed during a start-up that hangs would wait for the lock and
+        then for a second attempt of its own: twice the timeout before its line.
+        """
+        starting = self._started and not self._server_settled.is_set()
+        if starting and self._server_settled.wait(START_WAIT_S) and self._start_failure is not None:
+            raise self._start_failure
+        return self._images.open()
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Block until no generation runs or waits; True when idle, False on timeout."""

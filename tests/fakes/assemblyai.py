@@ -58,10 +58,18 @@ What it does besides refusing:
   ``format_turns`` is on. With ``u3-rt-pro`` the one end-of-turn message is formatted already.
 - ``Terminate``: waits ``final_delay_s`` (so a client that closes early loses the last sentence,
   as with the real service), sends the open turn's final, ``Termination``, and closes 1000.
-- Fault modes (``fault=``): ``"drop_mid_turn"`` (TCP dropped, no close frame, where the first Turn
-  of the open turn would go), ``"error_then_close"`` (``Error`` frame then close 3005 at the first audio),
-  ``"unknown_messages"`` (``Heartbeat``, ``Warning``, ``SpeechStarted`` and a made-up type mixed
-  in). ``close_after_begin=(code, reason)`` closes right after ``Begin`` (close-code tests).
+- Fault modes (``fault=``): ``"drop_mid_turn"`` (TCP dropped, no close frame, where a Turn would
+  go), ``"cancel_mid_turn"`` (close 3005 ``Session Cancelled: An error occurred``, the service's
+  catch-all, where a Turn would go), ``"error_then_close"`` (``Error`` frame then close 3005 at the
+  first audio), ``"unknown_messages"`` (``Heartbeat``, ``Warning``, ``SpeechStarted`` and a made-up
+  type mixed in). The two mid-turn faults fire after ``fault_after_turns`` Turn messages went out
+  (0: in place of the first; 1: after one partial, so the client has words when the sentence is
+  cut), and at the latest in place of the first end of turn (whose words then go out as a
+  partial first if none did), so the first sentence never completes however slow the decoding;
+  ``SessionRecord.fault_at`` says when.
+  ``faulty_sessions=n`` gives the fault to the first ``n`` sessions only, so the next one works
+  (reconnect tests). ``close_after_begin=(code, reason)`` closes right after ``Begin``
+  (close-code tests).
 
 Test knob: ``duration_scale`` shrinks the service's long durations (the 3 h session, a token's
 lifetime and ``max_session_duration_seconds``, ``inactivity_timeout``) by that factor, so a test
@@ -131,6 +139,8 @@ TOKEN_EXPIRES_S = (1, 600)  # expires_in_seconds (documented)
 TOKEN_MAX_SESSION_S = (60, 10_800)  # max_session_duration_seconds (documented)
 INACTIVITY_TIMEOUT_S = (5, 3600)  # inactivity_timeout (documented)
 _FORMATTING_MODELS = {"u3-rt-pro", "u3-pro"}  # end-of-turn messages come formatted
+MID_TURN_FAULTS = ("drop_mid_turn", "cancel_mid_turn")
+FAULTS = (*MID_TURN_FAULTS, "error_then_close", "unknown_messages")
 _FRAME_S = 0.02  # energy detector frame
 _SPEECH_RMS = 300.0  # int16 RMS above which a frame is speech
 _PREROLL_S = 0.2  # audio kept before the first speech frame of a turn
@@ -163,6 +173,7 @@ class SessionRecord:
     terminate_at: float | None = None
     close_code: int | None = None
     close_reason: str = ""
+    fault_at: float | None = None  # time.monotonic() when a mid-turn fault fired
 
 
 @dataclasses.dataclass
@@ -195,12 +206,20 @@ class _Session:
     """One WebSocket session: a reader (audio, commands) and a worker that decodes and sends in order."""
 
     def __init__(
-        self, fake: FakeAssemblyAI, ws: ServerConnection, record: SessionRecord, *, max_session_s: float
+        self,
+        fake: FakeAssemblyAI,
+        ws: ServerConnection,
+        record: SessionRecord,
+        *,
+        max_session_s: float,
+        fault: str | None,
     ) -> None:
         self.fake = fake
         self.ws = ws
         self.record = record
         self.max_session_s = max_session_s  # already scaled
+        self.fault = fault  # the fault mode of this session (None: it behaves)
+        self.turns_sent = 0
         query = record.query
         self.rate = int(query.get("sample_rate", "16000"))
         self.width = ENCODINGS[query.get("encoding", "pcm_s16le")]
@@ -227,6 +246,8 @@ class _Session:
 
     async def send(self, message: dict[str, Any]) -> None:
         self.record.sent.append(message)
+        if message.get("type") == "Turn":
+            self.turns_sent += 1
         await self.ws.send(json.dumps(message))
 
     async def close(self, code: int, reason: str) -> None:
@@ -234,7 +255,7 @@ class _Session:
         await self.ws.close(code, reason)
 
     async def send_noise(self) -> None:
-        if self.fake.fault == "unknown_messages":
+        if self.fault == "unknown_messages":
             await self.send({"type": "Heartbeat", "total_audio_received_ms": int(self.record.audio_s * 1000)})
             await self.send({"type": "Warning", "warning_code": 1, "warning": "fake warning"})
             await self.send({"type": "SpeechStarted", "timestamp": 0, "confidence": 0.9})
@@ -265,12 +286,28 @@ class _Session:
             "words": word_list,
         }
 
-    def drop_mid_turn(self) -> bool:
-        """Fault mode: drop the TCP connection (no close frame) instead of sending the first Turn."""
-        if self.fake.fault != "drop_mid_turn":
+    def fault_is_due(self, *, end_of_turn: bool) -> bool:
+        """Whether a mid-turn fault fires instead of the Turn about to go out."""
+        if self.fault not in MID_TURN_FAULTS:
             return False
-        self.record.close_code = 1006
-        self.ws.transport.abort()
+        return end_of_turn or self.turns_sent >= self.fake.fault_after_turns
+
+    async def mid_turn_fault(self, *, end_of_turn: bool) -> bool:
+        """Fault modes ``drop_mid_turn`` / ``cancel_mid_turn``, instead of the Turn about to go out.
+
+        Fires once ``fault_after_turns`` Turns were sent, or at the first end of turn if that
+        comes sooner; True when it did (the session is over).
+        The drop aborts the TCP connection (no close frame, as a network that goes away); the
+        cancel closes 3005 with the service's catch-all reason.
+        """
+        if not self.fault_is_due(end_of_turn=end_of_turn):
+            return False
+        self.record.fault_at = time.monotonic()
+        if self.fault == "drop_mid_turn":
+            self.record.close_code = 1006
+            self.ws.transport.abort()
+        else:
+            await self.close(3005, "Session Cancelled: An error occurred")
         return True
 
     # --- worker: decode and send, in order ---------------------------------------------------------
@@ -291,7 +328,7 @@ class _Session:
                     if not text or order != self.turn_order:
                         continue
                     self.turn_order_of_job = order
-                    if self.drop_mid_turn():
+                    if await self.mid_turn_fault(end_of_turn=False):
                         return
                     await self.send(
                         self._turn(
@@ -307,11 +344,14 @@ class _Session:
                     text = await self.fake.decode(self.samples[start * 2 : stop * 2], beam_size=5)
                     if not _plain(text):
                         continue
-                    if self.drop_mid_turn():
+                    span = {"start_s": start / self.rate, "end_s": stop / self.rate}
+                    self.turn_order_of_job = order
+                    if self.fault_is_due(end_of_turn=True) and self.turns_sent < self.fake.fault_after_turns:
+                        # the partials came too late (a loaded machine): the words go out as a partial
+                        await self.send(self._turn(_plain(text), end=False, formatted=False, **span))
+                    if await self.mid_turn_fault(end_of_turn=True):
                         return
                     await self.send_noise()
-                    self.turn_order_of_job = order
-                    span = {"start_s": start / self.rate, "end_s": stop / self.rate}
                     if self.formats_finals:  # u3-rt-pro: one end-of-turn message, formatted
                         await self.send(self._turn(text.strip(), end=True, formatted=True, **span))
                         continue
@@ -421,7 +461,7 @@ class _Session:
                         continue
                     if not await self.check_frame(message):
                         return
-                    if self.fake.fault == "error_then_close":
+                    if self.fault == "error_then_close":
                         await self.send(
                             {"type": "Error", "error_code": 3005, "error": "Session Cancelled: fake fault"}
                         )
@@ -484,6 +524,9 @@ class FakeAssemblyAI:
         Test knob: the service's long durations (3 h sessions, token lifetimes,
         ``max_session_duration_seconds``, ``inactivity_timeout``) pass this many times as fast
         (0.01: a 60 s token session lasts 0.6 s). The limits a client must respect do not change.
+    fault, fault_after_turns, faulty_sessions
+        A fault mode (see the module docstring), how many Turn messages go out before a mid-turn
+        fault fires, and how many sessions (the first ones) get the fault (``None``: all).
     max_sessions
         Sessions open at once beyond this are closed 3009.
     reject_auth_with_http
@@ -500,13 +543,17 @@ class FakeAssemblyAI:
         end_silence_ms: int = 600,
         duration_scale: float = 1.0,
         fault: str | None = None,
+        fault_after_turns: int = 0,
+        faulty_sessions: int | None = None,
         close_after_begin: tuple[int, str] | None = None,
         max_sessions: int | None = None,
         reject_auth_with_http: bool = False,
         port: int = 0,
     ) -> None:
-        if fault not in (None, "drop_mid_turn", "error_then_close", "unknown_messages"):
+        if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault mode {fault!r}")
+        if fault_after_turns < 0 or (faulty_sessions is not None and faulty_sessions < 0):
+            raise ValueError("fault_after_turns and faulty_sessions must be >= 0")
         if not duration_scale > 0:
             raise ValueError(f"duration_scale must be positive, got {duration_scale}")
         self.api_key = api_key
@@ -516,6 +563,9 @@ class FakeAssemblyAI:
         self.end_silence_ms = end_silence_ms
         self.duration_scale = duration_scale
         self.fault = fault
+        self.fault_after_turns = fault_after_turns
+        self.faulty_sessions = faulty_sessions
+        self._begun = 0  # sessions that got Begin
         self.close_after_begin = close_after_begin
         self.max_sessions = max_sessions
         self.reject_auth_with_http = reject_auth_with_http
@@ -686,10 +736,15 @@ class FakeAssemblyAI:
             begin = {"type": "Begin", "id": str(uuid.uuid4()), "expires_at": expires_at}
             record.sent.append(begin)
             await ws.send(json.dumps(begin))
+            self._begun += 1
             if self.close_after_begin is not None:
                 await close(*self.close_after_begin)
                 return
-            await _Session(self, ws, record, max_session_s=max_session_s).run()
+            faulty = self.faulty_sessions is None or self._begun <= self.faulty_sessions
+            session = _Session(
+                self, ws, record, max_session_s=max_session_s, fault=self.fault if faulty else None
+            )
+            await session.run()
         except ConnectionClosed:
             pass
         finally:
@@ -790,7 +845,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--api-key", default="fake-key")
-    parser.add_argument("--fault", choices=["drop_mid_turn", "error_then_close", "unknown_messages"])
+    parser.add_argument("--fault", choices=FAULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     with FakeAssemblyAI(api_key=args.api_key, port=args.port, fault=args.fault) as fake:

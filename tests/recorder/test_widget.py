@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from speech2image_nb import errors
-from speech2image_nb.recorder.widget import DEFAULT_CONSTRAINTS, ERROR_MESSAGES, Recorder, recorder_error
+from speech2image_nb.recorder.widget import (
+    DEFAULT_CONSTRAINTS,
+    ERROR_MESSAGES,
+    SUSPENDED_NOTICE,
+    Recorder,
+    recorder_error,
+)
 from tests.conftest import TIME_FACTOR
 
 from .relay import CommRelay
@@ -65,7 +71,11 @@ def test_stopped_message_calls_on_stop(relay: CommRelay):
     rec.on_stop(lambda: calls.append("a"))
     rec.on_stop(lambda: calls.append("b"))
     relay.front_end_sends(rec, {"kind": "stopped", "chunk_count": 3, "duration_s": 0.3})
-    assert calls == ["a", "b"]
+    assert calls == ["a", "b"] and rec.stop_reason == ""
+    relay.front_end_sends(
+        rec, {"kind": "stopped", "chunk_count": 2, "duration_s": 0.2, "reason": "suspended"}
+    )
+    assert calls == ["a", "b", "a", "b"] and rec.stop_reason == "suspended"
 
 
 @pytest.mark.parametrize(
@@ -262,6 +272,19 @@ def test_front_end_shows_the_same_sentences_as_the_kernel():
         entry = re.search(rf'"{code}":((?:\s*"[^"]*"\s*\+?)+),', block)
         assert entry, code
         assert "".join(re.findall(r'"([^"]*)"', entry.group(1))) == message
+
+
+def test_front_end_shows_the_kernels_suspended_notice():
+    """recorder.js's notice for a take the browser's audio ended is SUSPENDED_NOTICE, word for word."""
+    import re
+    from pathlib import Path
+
+    import speech2image_nb.recorder.widget as widget_module
+
+    js = (Path(widget_module.__file__).parent / "recorder.js").read_text()
+    entry = re.search(r"const SUSPENDED_NOTICE =[^\n]*\n((?:\s*\"[^\"]*\"\s*\+?)+);", js)
+    assert entry
+    assert "".join(re.findall(r'"([^"]*)"', entry.group(1))) == SUSPENDED_NOTICE
 
 
 def test_recorder_is_recorder_like_and_streams(relay: CommRelay):

@@ -79,10 +79,13 @@ class ScriptedTranscriber:
 
     name = "scripted"
 
-    def __init__(self, sentences=("a red fox sitting in the snow",), *, formatted=False, error=None):
+    def __init__(
+        self, sentences=("a red fox sitting in the snow",), *, formatted=False, error=None, error_at_end=None
+    ):
         self.sentences = sentences
         self.formatted = formatted
         self.error = error
+        self.error_at_end = error_at_end  # raised once the take's audio has ended, before the finals
         self.chunks_seen = 0
 
     async def stream(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[TranscriptEvent]:
@@ -93,6 +96,8 @@ class ScriptedTranscriber:
             self.chunks_seen += 1
             if self.chunks_seen % 5 == 0:
                 yield TranscriptEvent("partial", " ".join(words[: self.chunks_seen // 5]), 0)
+        if self.error_at_end is not None:
+            raise self.error_at_end
         for turn, sentence in enumerate(self.sentences):
             yield TranscriptEvent("final", sentence, turn)
             if self.formatted:
