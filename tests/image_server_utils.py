@@ -6,6 +6,8 @@ FastAPI, the batcher) with a noise engine that takes ``S`` seconds per generatio
 foreground, as ``python -m speech2image_nb.server`` does: :class:`ServerProcess` starts it so that
 a test can kill it mid-generation and start it again on the same port. (The command-line server's
 ``noise`` engine takes no time at all, and a generation that is over before the kill shows nothing.)
+:func:`server_process` runs one for the load tests, configured in full, and reads what the process
+holds (memory, file descriptors, threads) from /proc.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from speech2image_nb.images.protocol import SSEParser
 from speech2image_nb.server import BackgroundServer, start_background
 from speech2image_nb.server.engines.noise import NoiseEngine
 
@@ -264,3 +270,133 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+#: the child of :func:`server_process`: a noise-engine server that serves until its stdin closes
+SERVE_NOISE = """
+import json, sys
+from speech2image_nb.server import start_background
+from speech2image_nb.server.engines.noise import NoiseEngine
+options = json.loads(sys.argv[1])
+server = start_background(NoiseEngine(**options.pop("engine")), ready_timeout_s=60, **options)
+print(server.url, flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessStats:
+    """What a process holds, read from /proc: resident memory, open file descriptors, threads."""
+
+    rss_bytes: int
+    fd_count: int
+    thread_count: int
+
+
+def process_stats(pid: int) -> ProcessStats:
+    """The :class:`ProcessStats` of process ``pid`` now (Linux)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return ProcessStats(
+        rss_bytes=int(fields["VmRSS"].split()[0]) * 1024,
+        fd_count=len(os.listdir(f"/proc/{pid}/fd")),
+        thread_count=int(fields["Threads"]),
+    )
+
+
+@dataclasses.dataclass
+class ChildServer:
+    """The real server in a child process: its URL and process id."""
+
+    url: str
+    pid: int
+
+    def stats(self) -> ProcessStats:
+        """What the server process holds now."""
+        return process_stats(self.pid)
+
+
+@contextlib.contextmanager
+def server_process(engine: dict[str, Any], **options: Any) -> Iterator[ChildServer]:
+    """The real server with ``NoiseEngine(**engine)`` in its own process on 127.0.0.1 (so that its
+    memory, descriptors and threads are only its own), stopped afterwards. ``options`` go to
+    ``start_background``."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_NOISE, json.dumps({"engine": engine, **options})],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), f"the server process did not start: {url!r}"
+        yield ChildServer(url, process.pid)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOutcome:
+    """How one ``POST /generate/stream`` ended, seen by the client."""
+
+    status: int
+    retry_after: str | None
+    kinds: tuple[str, ...]  # event names received, in order
+    image_count: int  # image events received
+
+
+class EventStream:
+    """One ``POST /generate/stream`` on a connection of its own, read event by event.
+
+    The request is queued on the server once the constructor returns (the server sends its
+    headers after queueing it).
+    """
+
+    def __init__(self, url: str, body: dict[str, Any], *, timeout_s: float = 60) -> None:
+        self._session = requests.Session()
+        self.answer = self._session.post(url + "/generate/stream", json=body, stream=True, timeout=timeout_s)
+        #: ``(event name, data)`` received so far
+        self.events: list[tuple[str, str]] = []
+        self._parser = SSEParser()
+        ok = self.answer.status_code == 200
+        self._chunks = self.answer.iter_content(chunk_size=None) if ok else iter(())
+
+    def read_until(self, name: str | None) -> bool:
+        """Read until an event called ``name`` arrives (``None``: to the end); True if it did."""
+        for chunk in self._chunks:
+            new = self._parser.feed(chunk)
+            self.events.extend(new)
+            if name is not None and any(event == name for event, _ in new):
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close the connection (mid-stream, a client that leaves)."""
+        self.answer.close()
+        self._session.close()
+
+    def outcome(self) -> StreamOutcome:
+        """What this stream got."""
+        kinds = tuple(name for name, _ in self.events)
+        return StreamOutcome(
+            self.answer.status_code, self.answer.headers.get("Retry-After"), kinds, kinds.count("image")
+        )
+
+
+def stream_request(url: str, body: dict[str, Any], *, leave_after: str | None = None) -> StreamOutcome:
+    """Stream ``body`` to the end, or close the connection as soon as an event called
+    ``leave_after`` arrives; what the client got."""
+    stream = EventStream(url, body)
+    try:
+        stream.read_until(leave_after)
+        return stream.outcome()
+    finally:
+        stream.close()

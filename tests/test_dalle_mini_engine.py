@@ -362,3 +362,62 @@ def test_cuda_graph_steps_match_eager_steps(tiny_dir, dtype):
     assert torch.equal(first, eager.sample_image_tokens(prompts, seeds))
     alone = graphs.sample_image_tokens(prompts[1:2], seeds[1:2])
     assert torch.equal(first[1], alone[0])
+
+
+class Wanted:
+    """is_wanted flags that a test turns off at a chosen progress step."""
+
+    def __init__(self):
+        self.wanted = True
+
+    def __call__(self):
+        return self.wanted
+
+
+@pytest.mark.parametrize("noise", ["generator", "hash"])
+def test_a_job_cancelled_mid_sampling_frees_its_rows_at_the_next_step(tiny_dir, noise):
+    """Two of three jobs stop being wanted at token 32: they stop there (None, no decode), and the
+    job still wanted finishes alone in the smaller batch with exactly its picture."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", noise=noise, preview_budget=math.inf)
+    engine.load()
+    leaving = Wanted()
+    jobs = [
+        ImageJob("a red fox", 7, 0),
+        ImageJob("a cat", 8, 0, is_wanted=leaving),
+        ImageJob("a cat", 8, 1, is_wanted=leaving),
+    ]
+    previews_seen = []
+
+    def on_progress(step, total, previews):
+        if previews is not None:
+            previews_seen.append((step, [previews[i] is not None for i in range(3)]))
+        if step == 32:
+            leaving.wanted = False
+
+    images = engine.generate(jobs, on_progress=on_progress)
+    assert engine.last_sampling.steps_by_image == (256, 32, 32) and engine.last_sampling.dropped == 2
+    assert images[1] is None and images[2] is None
+    alone = engine.generate([ImageJob("a red fox", 7, 0)])[0]
+    assert np.array_equal(pixels(images[0]), pixels(alone))
+    assert previews_seen[0] == (32, [True, True, True])
+    assert previews_seen[1:] and all(seen == [True, False, False] for _, seen in previews_seen[1:])
+
+
+def test_a_batch_nobody_wants_ends_without_decoding(tiny_dir, monkeypatch):
+    """When every job of a batch stops being wanted, sampling stops there and nothing is decoded."""
+    engine = DalleMiniEngine(model_dir=tiny_dir, device="cpu", preview_budget=0)
+    engine.load()
+    decodes = []
+    decode = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda *a, **k: decodes.append(1) or decode(*a, **k))
+    leaving = Wanted()
+
+    def on_progress(step, total, previews):
+        if step == 64:
+            leaving.wanted = False
+
+    jobs = [ImageJob("a fox", 1, i, is_wanted=leaving) for i in range(2)]
+    assert engine.generate(jobs, on_progress=on_progress) == [None, None]
+    assert engine.last_sampling.steps_by_image == (64, 64) and decodes == []
+    gone = ImageJob("a fox", 1, 0, is_wanted=lambda: False)
+    assert engine.generate([gone]) == [None] and engine.last_sampling.steps_by_image == (0,)

@@ -10,6 +10,10 @@ Why a short gathering window: requests that arrive together (a burst of clients)
 call, but a lone request should not wait. After the first request of an idle period the worker
 waits while new requests keep arriving at least every ``batch_gap_s``, at most ``batch_wait_s``.
 Requests that queued while the engine was busy start at once.
+
+A request that goes away (its client left, or its time ran out) is cancelled: its queued images
+are dropped, and its running ones are no longer wanted (:attr:`ImageJob.is_wanted`), which an engine
+with many steps reads between them to stop making them (DALL-E frees their rows in the batch).
 """
 
 from __future__ import annotations
@@ -103,7 +107,13 @@ class Ticket:
 
     def job(self, index: int) -> ImageJob:
         """The engine job for image ``index``."""
-        return ImageJob(prompt=self.prompt, seed=self.seed, index=index, options=self.options)
+        return ImageJob(
+            prompt=self.prompt, seed=self.seed, index=index, options=self.options, is_wanted=self.is_wanted
+        )
+
+    def is_wanted(self) -> bool:
+        """False once the request was cancelled (read by the engine's thread between steps)."""
+        return not self.cancelled
 
     def push(self, event: Event) -> None:
         """Hand an event to a streaming consumer (on the event loop)."""
@@ -132,7 +142,7 @@ class Ticket:
                 self.events.put_nowait(Failed(exc))
 
     def cancel(self) -> None:
-        """Give up on this request: its queued images are dropped, running ones discarded."""
+        """Give up on this request: its queued images are dropped, running ones no longer wanted."""
         self.cancelled = True
         self.pending.clear()
         if not self.future.done():
@@ -308,12 +318,14 @@ class Batcher:
             first_slot.setdefault(ticket, slot)
         streaming = [t for t in tickets if t.events is not None]
 
-        def on_progress(step: int, total: int, previews: Sequence[Image.Image] | None) -> None:
+        def on_progress(step: int, total: int, previews: Sequence[Image.Image | None] | None) -> None:
             for ticket in streaming:
+                if ticket.cancelled:
+                    continue  # reading a preview decodes it: none for a request that went away
                 preview = previews[first_slot[ticket]] if previews else None
                 loop.call_soon_threadsafe(ticket.push, ProgressEvent(step, total, preview))
 
-        def call() -> list[Image.Image]:
+        def call() -> Sequence[Image.Image | None]:
             return self.engine.generate(jobs, on_progress=on_progress if streaming else None)
 
         try:
@@ -332,4 +344,7 @@ class Batcher:
         for ticket in tickets:
             ticket.generate_s += elapsed
         for (ticket, index), image in zip(batch, images, strict=True):
-            ticket.deliver(index, image)
+            if image is not None:
+                ticket.deliver(index, image)
+            elif not ticket.cancelled:
+                ticket.fail(EngineError(f"The engine {self.engine.name} left out an image still asked for."))

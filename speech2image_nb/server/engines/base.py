@@ -6,6 +6,10 @@ engine options (the batcher groups them), so an engine may apply one set of knob
 
 Determinism: every image draws its randomness from its own generator seeded with
 :func:`image_seed` ``(seed, index)``, so an image is the same whether it ran alone or in a batch.
+
+Cancellation: a job's :attr:`ImageJob.is_wanted` turns False when its request goes away (the client
+left, or its time ran out). An engine with many steps may look between steps and stop making
+such an image (DALL-E drops its rows from the batch); it answers ``None`` in its place.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ __all__ = [
 ]
 
 SEED_MAX = 2**63 - 1
+
+
+def _always_wanted() -> bool:
+    return True
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -80,6 +88,8 @@ class ImageJob:
     seed: int
     index: int
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: False once nobody waits for this image (read from the engine's thread, between steps)
+    is_wanted: Callable[[], bool] = dataclasses.field(default=_always_wanted, compare=False, repr=False)
 
     @property
     def image_seed(self) -> int:
@@ -89,8 +99,9 @@ class ImageJob:
 
 #: ``(fraction 0..1, message)`` while weights download or load
 LoadProgress = Callable[[float, str], None]
-#: ``(step, total, previews or None)`` during generation; previews align with the jobs
-StepProgress = Callable[[int, int, "Sequence[Image.Image] | None"], None]
+#: ``(step, total, previews or None)`` during generation; previews align with the jobs (``None``
+#: for an image the engine stopped making)
+StepProgress = Callable[[int, int, "Sequence[Image.Image | None] | None"], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +135,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
-    ) -> list[Image.Image]:
-        """Make one RGB image per job, in order. Raise EngineError with a clear message on failure."""
+    ) -> Sequence[Image.Image | None]:
+        """Make one RGB image per job, in order. Raise EngineError with a clear message on failure.
+
+        ``None`` may stand for a job whose :attr:`ImageJob.is_wanted` was False (never otherwise).
+        """
 
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check and normalise engine options from a request; raise ValueError naming the field."""

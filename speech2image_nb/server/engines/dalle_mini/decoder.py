@@ -67,6 +67,20 @@ class DecoderCache:
             token_positions=torch.arange(IMAGE_TOKEN_COUNT, device=device),
         )
 
+    def copy_rows_into(self, target: DecoderCache, rows: torch.Tensor, position_count: int) -> None:
+        """Copy decoder rows ``rows`` (in order) into ``target``, a cache of ``len(rows)`` rows.
+
+        Only the first ``position_count`` self-attention positions hold keys and values yet; later
+        positions of ``target`` keep whatever they held, which the causal mask hides until each step
+        writes its own.
+        """
+        done = slice(0, position_count)
+        target.self_keys[:, :, :, done].copy_(self.self_keys[:, :, :, done].index_select(1, rows))
+        target.self_values[:, :, :, done].copy_(self.self_values[:, :, :, done].index_select(1, rows))
+        target.cross_keys.copy_(self.cross_keys.index_select(1, rows))
+        target.cross_values.copy_(self.cross_values.index_select(1, rows))
+        target.cross_mask.copy_(self.cross_mask.index_select(0, rows))
+
 
 class DecoderLayer(nn.Module):
     """Self-attention over earlier image tokens, cross-attention over the text, then the GLU block."""

@@ -15,6 +15,12 @@ min-dalle's. Work runs on the physical cores (:mod:`..cpu`), set around each cal
 Previews (a VQGAN decode of the tokens so far) are offered every 32 tokens; how many are decoded
 follows a time budget measured at run time (:mod:`.previews`): all of them on a GPU, as many as
 keep them within 20% of the sampling time on a CPU, where one decode costs seconds.
+
+A request that goes away mid-sampling frees its rows at once: before every step the loop asks each
+job whether it is still wanted (:attr:`ImageJob.is_wanted`), and when one is not, the images still
+wanted move (tokens, KV cache, noise streams) into the static buffers of the smaller batch, so the
+remaining steps and the final decodes run only for them; the images come out exactly as they would
+have. When no image is wanted the batch ends there, with no decode at all.
 """
 
 from __future__ import annotations
@@ -47,7 +53,15 @@ if TYPE_CHECKING:
     from .previews import PreviewPacer
     from .tokenizer import TextTokenizer
 
-__all__ = ["DEFAULT_OPTIONS", "INT8", "DalleMiniEngine", "LoadedModel", "PreviewReport", "SamplingOptions"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "INT8",
+    "DalleMiniEngine",
+    "LoadedModel",
+    "PreviewReport",
+    "SamplingOptions",
+    "SamplingReport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +87,31 @@ class PreviewReport:
     skipped: int
     preview_seconds: float
     sampling_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingReport:
+    """How the last sampled batch of :meth:`DalleMiniEngine.generate` went, image by image."""
+
+    #: tokens sampled for each image of the batch: 256, or fewer for an image dropped on the way
+    steps_by_image: tuple[int, ...]
+
+    @property
+    def dropped(self) -> int:
+        """Images that stopped being wanted before their last token."""
+        return sum(steps < IMAGE_TOKEN_COUNT for steps in self.steps_by_image)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledTokens:
+    """The tokens of the images still wanted when sampling ended."""
+
+    #: ``[len(images), 256]`` long token ids
+    tokens: torch.Tensor
+    #: the index, in the batch asked for, of each row of ``tokens``
+    images: tuple[int, ...]
+    #: tokens sampled for each image of the batch asked for
+    steps_by_image: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +196,20 @@ class _Generation:
         self.temperature.fill_(options.temperature)
         self.supercondition_factor.fill_(options.supercondition_factor)
         self.seeds.copy_(torch.tensor(list(seeds), dtype=torch.long))
+
+    def copy_images_into(self, target: _Generation, images: Sequence[int]) -> None:
+        """Continue images ``images`` (rows of this generation, in order) in ``target``, a
+        generation of ``len(images)`` images: tokens, KV cache, position, settings and seeds."""
+        import torch
+
+        rows = torch.tensor(list(images), dtype=torch.long, device=self.image_tokens.device)
+        both_halves = torch.cat([rows, rows + self.image_count])  # unconditioned, then conditioned
+        self.cache.copy_rows_into(target.cache, both_halves, int(self.position.item()))
+        target.image_tokens.copy_(self.image_tokens.index_select(0, rows))
+        target.position.copy_(self.position)
+        target.temperature.copy_(self.temperature)
+        target.supercondition_factor.copy_(self.supercondition_factor)
+        target.seeds.copy_(self.seeds.index_select(0, rows))
 
     def step(self) -> None:
         """Sample the token at ``position`` for every image and advance ``position`` (all on device)."""
@@ -286,6 +339,8 @@ class DalleMiniEngine(Engine):
         self._preview_cost = PreviewCost()
         #: previews of the last batch generated with ``on_progress``
         self.last_previews: PreviewReport | None = None
+        #: tokens sampled per image in the last batch :meth:`generate` sampled
+        self.last_sampling: SamplingReport | None = None
         self.model: LoadedModel | None = None
         self._generations: collections.OrderedDict[tuple[int, int], _Generation] = collections.OrderedDict()
 
@@ -535,6 +590,28 @@ class DalleMiniEngine(Engine):
             sample only this many tokens (the rest stay the start token): a partial picture, for
             quick checks of full-size models on slow machines.
         """
+        tokens_hook = None if on_tokens is None else (lambda step, tokens, images: on_tokens(step, tokens))
+        sampled = self._sample(
+            prompts, seeds, options, generators=generators, on_tokens=tokens_hook, token_count=token_count
+        )
+        return sampled.tokens
+
+    def _sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        options: Mapping[str, Any] | SamplingOptions | None = None,
+        *,
+        generators: Sequence[torch.Generator] | None = None,
+        is_wanted: Sequence[Callable[[], bool]] | None = None,
+        on_tokens: Callable[[int, torch.Tensor, tuple[int, ...]], None] | None = None,
+        token_count: int = IMAGE_TOKEN_COUNT,
+    ) -> SampledTokens:
+        """:meth:`sample_image_tokens`, dropping the images whose ``is_wanted`` turns False.
+
+        ``on_tokens(step, tokens, images)`` gets the rows still sampled and, for each, the index
+        of its image in the batch asked for.
+        """
         import torch
 
         from .sampler import GeneratorNoise
@@ -542,24 +619,56 @@ class DalleMiniEngine(Engine):
         if not isinstance(options, SamplingOptions):
             options = SamplingOptions.from_request(options or {})
         model = self._require_loaded()
-        if len(prompts) != len(seeds):
-            raise ValueError("one seed per prompt")
+        if len(prompts) != len(seeds) or (is_wanted is not None and len(is_wanted) != len(prompts)):
+            raise ValueError("one seed (and one is_wanted) per prompt")
         noise = None
         if generators is None and self.noise == "generator":
             generators = [torch.Generator(device=self._device).manual_seed(int(s)) for s in seeds]
         if generators is not None:
             noise = GeneratorNoise(generators, device=self._device)
+        images = tuple(range(len(prompts)))  # the batch's index of each row of the generation
+        steps_by_image = [0] * len(prompts)
         with self._work():
             generation = self._generation(len(prompts), options.top_k, noise)
             encoder_state, mask = self.encode(prompts)
             model.decoder.prepare(generation.cache, encoder_state, mask)
             generation.reset(options, seeds)
             for i in range(min(token_count, IMAGE_TOKEN_COUNT)):
+                if is_wanted is not None:
+                    kept = tuple(image for image in images if is_wanted[image]())
+                    if len(kept) < len(images):
+                        if kept:
+                            generation = self._keep_images(
+                                generation, [images.index(k) for k in kept], options
+                            )
+                        images = kept
+                    if not images:
+                        break
                 generation.run_step()
                 step = i + 1
+                for image in images:
+                    steps_by_image[image] = step
                 if on_tokens is not None and step % PREVIEW_EVERY == 0 and step < IMAGE_TOKEN_COUNT:
-                    on_tokens(step, generation.image_tokens[:, 1:])
-            return generation.image_tokens[:, 1:].clone()
+                    on_tokens(step, generation.image_tokens[:, 1:], images)
+            tokens = generation.image_tokens[:, 1:].clone()
+        if not images:
+            tokens = tokens[:0]
+        return SampledTokens(tokens, images, tuple(steps_by_image))
+
+    def _keep_images(
+        self, generation: _Generation, rows: Sequence[int], options: SamplingOptions
+    ) -> _Generation:
+        """A generation of the images at ``rows`` of ``generation``, carried on where it stands."""
+        from .sampler import GeneratorNoise
+
+        noise: Any = None
+        if isinstance(generation.noise, GeneratorNoise):
+            kept = [generation.noise.generators[row] for row in rows]
+            noise = GeneratorNoise(kept, device=self._device)
+        smaller = self._generation(len(rows), options.top_k, noise)
+        generation.copy_images_into(smaller, rows)
+        log.debug("%s: %d of %d images still wanted", self.name, len(rows), generation.image_count)
+        return smaller
 
     def teacher_forced_logits(
         self, prompt: str, image_tokens: torch.Tensor, *, supercondition_factor: float = 16.0
@@ -605,8 +714,8 @@ class DalleMiniEngine(Engine):
 
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
-    ) -> list[Image.Image]:
-        """One 256x256 image per job.
+    ) -> list[Image.Image | None]:
+        """One 256x256 image per job (``None`` for a job that stopped being wanted meanwhile).
 
         With ``on_progress``: progress every 32 tokens, with previews (decoded when read) as often
         as ``preview_budget`` allows, then ``(256, 256, None)``.
@@ -615,7 +724,7 @@ class DalleMiniEngine(Engine):
         groups: dict[SamplingOptions, list[ImageJob]] = {}
         for job in jobs:
             groups.setdefault(SamplingOptions.from_request(job.options), []).append(job)
-        by_job: dict[int, Image.Image] = {}
+        by_job: dict[int, Image.Image | None] = {}
         with self._work():
             for options, group in groups.items():
                 for start in range(0, len(group), self.max_batch):
@@ -628,36 +737,45 @@ class DalleMiniEngine(Engine):
 
     def _generate_chunk(
         self, chunk: Sequence[ImageJob], options: SamplingOptions, on_progress: StepProgress | None
-    ) -> list[Image.Image]:
-        """The images of up to ``max_batch`` jobs that share their options."""
+    ) -> list[Image.Image | None]:
+        """The images of up to ``max_batch`` jobs that share their options (``None`` where unwanted)."""
         on_tokens = self._preview_hook(len(chunk), on_progress) if on_progress is not None else None
         try:
             with self._work():
-                tokens = self.sample_image_tokens(
-                    [j.prompt for j in chunk], [j.image_seed for j in chunk], options, on_tokens=on_tokens
+                sampled = self._sample(
+                    [j.prompt for j in chunk],
+                    [j.image_seed for j in chunk],
+                    options,
+                    is_wanted=[j.is_wanted for j in chunk],
+                    on_tokens=on_tokens,
                 )
+                self.last_sampling = SamplingReport(sampled.steps_by_image)
+                rows = [row for row, image in enumerate(sampled.images) if chunk[image].is_wanted()]
                 started = time.perf_counter()
-                images = self.to_images(tokens)
+                decoded = self.to_images(sampled.tokens[rows]) if rows else []
         except (RuntimeError, MemoryError) as exc:
             raise EngineError(f"{self.name} failed to generate on {self.device}: {exc}") from exc
-        if on_tokens is not None:  # the final decode refreshes the preview estimate
-            self._preview_cost.record_final((time.perf_counter() - started) / len(chunk))
+        if on_tokens is not None and rows:  # the final decode refreshes the preview estimate
+            self._preview_cost.record_final((time.perf_counter() - started) / len(rows))
+        images: list[Image.Image | None] = [None] * len(chunk)
+        for row, image in zip(rows, decoded, strict=True):
+            images[sampled.images[row]] = image
         return images
 
     def _preview_hook(
         self, image_count: int, on_progress: StepProgress
-    ) -> Callable[[int, torch.Tensor], None]:
+    ) -> Callable[[int, torch.Tensor, tuple[int, ...]], None]:
         """The ``on_tokens`` callback of one batch: progress at every preview point, and a
         (lazily decoded) preview when the pacer finds it affordable."""
         from .previews import LazyPreviews
 
         pacer: PreviewPacer = self._preview_cost.pacer(self.preview_budget, image_count)
 
-        def on_tokens(step: int, tokens: torch.Tensor) -> None:
+        def on_tokens(step: int, tokens: torch.Tensor, images: tuple[int, ...]) -> None:
             if not pacer.allows():
                 on_progress(step, IMAGE_TOKEN_COUNT, None)
             else:
-                previews = LazyPreviews(tokens, self._preview_image)
+                previews = LazyPreviews(tokens, self._preview_image, images=images, image_count=image_count)
                 started = time.perf_counter()
                 on_progress(step, IMAGE_TOKEN_COUNT, previews)
                 seconds = time.perf_counter() - started

@@ -31,21 +31,36 @@ if TYPE_CHECKING:
 __all__ = ["LazyPreviews", "PreviewCost", "PreviewPacer"]
 
 
-class LazyPreviews(Sequence["Image.Image"]):
+class LazyPreviews(Sequence["Image.Image | None"]):
     """Preview images of a batch; image ``i`` is decoded on first access and then kept.
 
     Parameters
     ----------
     tokens
-        ``[images, 256]`` tokens so far (copied: the generation goes on writing its own buffer).
+        ``[rows, 256]`` tokens so far (copied: the generation goes on writing its own buffer).
     decode
         maps ``[1, 256]`` tokens to one PIL image.
+    images, image_count
+        row ``r`` of ``tokens`` is image ``images[r]`` of a batch of ``image_count``; the others
+        (images no longer made) read as ``None``. Default: row ``i`` is image ``i``.
     """
 
-    def __init__(self, tokens: torch.Tensor, decode: Callable[[torch.Tensor], Image.Image]) -> None:
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        decode: Callable[[torch.Tensor], Image.Image],
+        *,
+        images: Sequence[int] | None = None,
+        image_count: int | None = None,
+    ) -> None:
         self._tokens = tokens.clone()
         self._decode = decode
-        self._images: list[Image.Image | None] = [None] * tokens.shape[0]
+        rows = range(tokens.shape[0]) if images is None else images
+        count = len(rows) if image_count is None else image_count
+        self._row_of: list[int | None] = [None] * count
+        for row, image in enumerate(rows):
+            self._row_of[image] = row
+        self._images: list[Image.Image | None] = [None] * count
         #: images decoded so far
         self.decoded = 0
 
@@ -53,21 +68,22 @@ class LazyPreviews(Sequence["Image.Image"]):
         return len(self._images)
 
     @overload
-    def __getitem__(self, index: int) -> Image.Image: ...
+    def __getitem__(self, index: int) -> Image.Image | None: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[Image.Image]: ...
+    def __getitem__(self, index: slice) -> list[Image.Image | None]: ...
 
-    def __getitem__(self, index: int | slice) -> Image.Image | list[Image.Image]:
+    def __getitem__(self, index: int | slice) -> Image.Image | list[Image.Image | None] | None:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         image = self._images[index]
-        if image is None:
-            image = self._images[index] = self._decode(self._tokens[index : index + 1])
+        row = self._row_of[index]
+        if image is None and row is not None:
+            image = self._images[index] = self._decode(self._tokens[row : row + 1])
             self.decoded += 1
         return image
 
-    def __iter__(self) -> Iterator[Image.Image]:
+    def __iter__(self) -> Iterator[Image.Image | None]:
         return (self[i] for i in range(len(self)))
 
 
