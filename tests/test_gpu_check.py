@@ -32,6 +32,7 @@ def gpu_check():
     del sys.modules["gpu_check"]
 
 
+@pytest.mark.slow
 def test_rehearsal_writes_every_table_and_a_line_per_target(tmp_path, gpu_check):
     """``--rehearse`` runs every part on the CPU and writes each table, the profile and the targets."""
     out = tmp_path / "rehearsal.md"
