@@ -31,7 +31,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from speech2image_nb.server.engines.base import ImageJob  # noqa: E402
 from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine, save_random_checkpoint  # noqa: E402
-from speech2image_nb.server.engines.dalle_mini.config import VARIANTS  # noqa: E402
+from speech2image_nb.server.engines.dalle_mini.config import IMAGE_TOKEN_COUNT, VARIANTS  # noqa: E402
 from tests.dalle_reference import build_min_dalle  # noqa: E402
 
 PROMPT = "a red fox sitting in the snow"
@@ -95,30 +95,46 @@ def time_min_dalle(model, count: int, device: str, *, warm_up: bool = True) -> t
     return time.perf_counter() - started, peak
 
 
-def profile_step(engine: DalleMiniEngine, count: int) -> str:
-    """Profiler table of one generation with eager steps (CUDA graphs off, so each kernel shows)."""
+def profile_step(
+    engine: DalleMiniEngine, count: int, *, token_count: int = IMAGE_TOKEN_COUNT, device: str = "cuda"
+) -> str:
+    """Profiler table of one generation with eager steps (CUDA graphs off, so each kernel shows).
+
+    ``token_count`` stops after that many decoder steps (default all of them); on a CPU ``device`` the
+    table has CPU time only.
+    """
     from torch.profiler import ProfilerActivity, profile
 
+    on_cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
     graphs = engine.use_cuda_graphs
     engine.use_cuda_graphs = False
     try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            engine.sample_image_tokens([PROMPT] * count, list(range(count)))
-            torch.cuda.synchronize()
+        engine.sample_image_tokens([PROMPT] * count, list(range(count)), token_count=2)  # warm-up
+        with profile(activities=activities) as prof:
+            engine.sample_image_tokens([PROMPT] * count, list(range(count)), token_count=token_count)
+            sync(device)
     finally:
         engine.use_cuda_graphs = graphs
-    return str(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
+    sort_by = "cuda_time_total" if on_cuda else "self_cpu_time_total"
+    return str(prof.key_averages().table(sort_by=sort_by, row_limit=20))
 
 
-def diffusers_turbo_shaped(device: str, counts: list[int]) -> list[tuple[int, float]]:
-    """Seconds per request of a random SD-Turbo-shaped pipeline (SD 2.1 sizes), 1 step, 512 px."""
+def diffusers_turbo_shaped(
+    device: str, counts: list[int], *, shape: str = "sd-turbo"
+) -> Iterator[tuple[int, float]]:
+    """Seconds per request of a random SD-Turbo-shaped pipeline (SD 2.1 sizes), 1 step, 512 px.
+
+    Yields ``(images, seconds)`` as each count is measured. ``shape="tiny"`` times the tests' tiny
+    pipeline instead. The full VAE decodes (the CUDA default;
+    the tiny autoencoder would need a download).
+    """
     from speech2image_nb.server.engines.diffusers import DiffusersEngine, save_random_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_pipeline(Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
-        engine = DiffusersEngine(model_dir=str(folder), device=device, max_batch=max(counts))
+        folder = save_random_pipeline(Path(tmp) / f"{shape}-shaped", shape=shape)
+        engine = DiffusersEngine(model_dir=str(folder), device=device, max_batch=max(counts), vae="full")
         engine.load()
-        results = []
         for count in counts:
             jobs = [ImageJob(PROMPT, 1, i, {"steps": 1, "guidance_scale": 0.0}) for i in range(count)]
             engine.generate(jobs)
@@ -126,8 +142,7 @@ def diffusers_turbo_shaped(device: str, counts: list[int]) -> list[tuple[int, fl
             started = time.perf_counter()
             engine.generate(jobs)
             sync(device)
-            results.append((count, time.perf_counter() - started))
-        return results
+            yield count, time.perf_counter() - started
 
 
 def gpu_mode(args: argparse.Namespace) -> int:

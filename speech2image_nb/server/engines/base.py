@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +26,21 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "BF16_CUDA_CAPABILITY",
     "DTYPE_NAMES",
     "Engine",
     "ImageJob",
     "LoadProgress",
     "PromptReader",
     "StepProgress",
+    "cuda_bf16_is_native",
+    "default_cuda_dtype",
     "image_seed",
     "resolve_device_and_dtype",
+    "warn_if_bf16_is_emulated",
 ]
+
+log = logging.getLogger(__name__)
 
 SEED_MAX = 2**63 - 1
 
@@ -60,12 +67,47 @@ DTYPE_NAMES = {
 }
 
 
+#: the compute capability from which NVIDIA GPUs compute bfloat16 natively (Ampere, sm_80)
+BF16_CUDA_CAPABILITY = (8, 0)
+
+
+def cuda_bf16_is_native(device: torch.device) -> bool:
+    """True where the GPU has bf16 tensor cores (sm_80 and newer); False on Turing (Colab's T4)."""
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_CUDA_CAPABILITY
+
+
+def default_cuda_dtype(device: torch.device) -> str:
+    """``"fp16"`` on every GPU: Volta and Turing (Colab's T4) have fp16 tensor cores and emulate
+    bf16; on Ampere and newer both run at the same speed and fp16 keeps 3 more mantissa bits."""
+    del device  # the same choice on every capability; kept so the choice has one place
+    return "fp16"
+
+
+def warn_if_bf16_is_emulated(device: torch.device, name: str) -> None:
+    """Log a warning when bf16 is asked for on a GPU without bf16 tensor cores (several times slower)."""
+    import torch
+
+    if name != "bfloat16" or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if not cuda_bf16_is_native(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        log.warning(
+            "dtype bf16 on a GPU of compute capability %d.%d (before Ampere) is emulated and "
+            "several times slower; use dtype fp16 (the default)",
+            major,
+            minor,
+        )
+
+
 def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, str]:
     """The torch device and dtype name an engine runs with.
 
     ``device=None`` means CUDA when a GPU is visible, else CPU; ``dtype=None`` means float16 on
-    CUDA and float32 on CPU (CPUs have no fast half precision). Raises ValueError naming the bad
-    argument, so the server can tell the user which flag to fix.
+    CUDA (:func:`default_cuda_dtype`) and float32 on CPU (CPUs have no fast half precision).
+    Raises ValueError naming the bad argument, so the server can tell the user which flag to fix;
+    bf16 on a GPU before Ampere logs a warning.
     """
     import torch
 
@@ -74,9 +116,11 @@ def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[tor
     resolved = torch.device(device)
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
-    name = dtype if dtype is not None else ("fp16" if resolved.type == "cuda" else "fp32")
+    auto = default_cuda_dtype(resolved) if resolved.type == "cuda" else "fp32"
+    name = dtype if dtype is not None else auto
     if name not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of fp32, fp16, bf16, not {dtype!r}")
+    warn_if_bf16_is_emulated(resolved, DTYPE_NAMES[name])
     return resolved, DTYPE_NAMES[name]
 
 

@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ....errors import EngineError, ModelNotAvailable
-from ..base import DTYPE_NAMES, Engine, ImageJob, LoadProgress, PromptReader, StepProgress
+from ..base import (
+    DTYPE_NAMES,
+    Engine,
+    ImageJob,
+    LoadProgress,
+    PromptReader,
+    StepProgress,
+    default_cuda_dtype,
+    warn_if_bf16_is_emulated,
+)
 from ..cpu import bf16_is_native, resolve_threads, torch_threads
 from .config import IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
 from .options import OPTION_NAMES, SamplingOptions
@@ -128,8 +137,9 @@ class LoadedModel:
 def resolve_precision(device: str | None, dtype: str | None) -> tuple[torch.device, str]:
     """The device and precision name (``"int8"`` or a torch float dtype name) of a DALL-E engine.
 
-    ``dtype=None``: fp16 on CUDA; on CPU ``"int8"`` where PyTorch has its int8 CPU kernel, else
-    fp32. ``"int8"`` is CPU-only. Raises ValueError naming the bad argument.
+    ``dtype=None``: fp16 on CUDA (every GPU, Colab's T4 included: :func:`default_cuda_dtype`); on
+    CPU ``"int8"`` where PyTorch has its int8 CPU kernel, else fp32. ``"int8"`` is CPU-only. Raises
+    ValueError naming the bad argument; bf16 on a GPU before Ampere logs a warning.
     """
     import torch
 
@@ -142,7 +152,7 @@ def resolve_precision(device: str | None, dtype: str | None) -> tuple[torch.devi
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
     is_cuda = resolved.type == "cuda"
     if dtype is None:
-        dtype = "fp16" if is_cuda else (INT8 if int8_available() else "fp32")
+        dtype = default_cuda_dtype(resolved) if is_cuda else (INT8 if int8_available() else "fp32")
     if dtype == INT8:
         if is_cuda:
             raise ValueError("dtype 'int8' is the CPU fast path; on CUDA use fp16 or bf16")
@@ -151,6 +161,7 @@ def resolve_precision(device: str | None, dtype: str | None) -> tuple[torch.devi
         return resolved, INT8
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of int8 (CPU), fp32, fp16, bf16, not {dtype!r}")
+    warn_if_bf16_is_emulated(resolved, DTYPE_NAMES[dtype])
     return resolved, DTYPE_NAMES[dtype]
 
 
