@@ -20,6 +20,7 @@ import pytest
 
 from speech2image_nb.config import Settings
 from speech2image_nb.errors import AuthError, Speech2ImageError
+from tests.conftest import TIME_FACTOR
 
 FAKE_KEY = "fake-assemblyai-key-3f9c2b7e51d04a"
 FAKE_TOKEN = "fake-server-token-8d1e6a0c42f7b9"
@@ -105,16 +106,16 @@ def flow_panel() -> list[Speech2ImageError]:
                 settings=Settings.resolve(environ=env, colab_secret=lambda n: None), recorder=FakeRecorder()
             )
             try:
-                assert panel.wait_ready(30), panel.error_text
+                assert panel.wait_ready(30 * TIME_FACTOR), panel.error_text
                 panel.recorder.play("tests/data/piper_01.wav")
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + 20 * TIME_FACTOR
                 while "AssemblyAI" not in panel.error_text and time.monotonic() < deadline:
                     time.sleep(0.05)
                 assert "AssemblyAI" in panel.error_text, panel.error_text  # the key was refused
                 assert fake.sessions and fake.sessions[-1].authorization == FAKE_KEY
                 print(panel.error_html.value, panel.status_html.value, repr(panel), panel.settings)
                 panel.generate("a red fox")
-                assert panel.wait_idle(30)
+                assert panel.wait_idle(30 * TIME_FACTOR)
                 assert "token" in panel.error_text.lower(), panel.error_text  # the token was refused
                 assert panel.controller.history == []  # nothing was drawn with the wrong token
                 print(panel.error_html.value, panel.status_html.value, panel.transcript_html.value)
