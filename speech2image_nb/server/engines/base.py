@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DTYPE_NAMES",
+    "MODEL_DIR_HINT",
     "Engine",
     "ImageJob",
     "LoadProgress",
@@ -30,6 +31,9 @@ __all__ = [
     "image_seed",
     "resolve_device_and_dtype",
 ]
+
+#: how to go on without the hub, for every missing-model message of the image engines
+MODEL_DIR_HINT = "set S2I_MODEL_DIR (or --model-dir) to a folder that holds the model's files"
 
 SEED_MAX = 2**63 - 1
 
