@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["PROBE_TIMEOUT_S", "hub_endpoint", "hub_unavailable"]
+__all__ = ["MODEL_DIR_HINT", "PROBE_TIMEOUT_S", "hub_endpoint", "hub_unavailable"]
 
 log = logging.getLogger(__name__)
 
 #: (connect, read) seconds of the one request that tells whether the hub answers
 PROBE_TIMEOUT_S = (3.0, 3.0)
+
+#: how to go on without the hub, for every missing-model message of the image engines
+MODEL_DIR_HINT = "set S2I_MODEL_DIR (or --model-dir) to a folder that holds the model's files"
 
 
 def hub_endpoint() -> str:

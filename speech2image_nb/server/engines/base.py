@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DTYPE_NAMES",
-    "MODEL_DIR_HINT",
     "Engine",
     "ImageJob",
     "LoadProgress",
@@ -31,9 +30,6 @@ __all__ = [
     "image_seed",
     "resolve_device_and_dtype",
 ]
-
-#: how to go on without the hub, for every missing-model message of the image engines
-MODEL_DIR_HINT = "set S2I_MODEL_DIR (or --model-dir) to a folder that holds the model's files"
 
 SEED_MAX = 2**63 - 1
 

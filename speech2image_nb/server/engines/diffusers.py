@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, ModelNotAvailable
-from ...hub import hub_unavailable
-from .base import MODEL_DIR_HINT, Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
+from ...hub import MODEL_DIR_HINT, hub_unavailable
+from .base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
 from .cpu import resolve_threads, torch_threads
 
 if TYPE_CHECKING:

@@ -110,8 +110,7 @@ def locate_files(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from ....hub import hub_unavailable
-    from ..base import MODEL_DIR_HINT
+    from ....hub import MODEL_DIR_HINT, hub_unavailable
 
     # The revision is pinned, so cached files are final: the network is asked only for what is missing.
     unavailable: str | None = None
