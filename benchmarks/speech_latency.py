@@ -5,10 +5,11 @@ A 4 s utterance (two fixtures joined, speech to the end) is streamed at real tim
 - the AssemblyAI path: our client against the local fake service (tests/fakes/assemblyai.py), so
   this is protocol overhead plus the fake's own Whisper decode and its deliberate 0.5 s delay of
   the final after ``Terminate`` (the real service's delay is its own);
-- the local Whisper engine (tiny.en, CPU int8).
+- the local Whisper engine (tiny.en on the CPU, in the compute type it picks: int8 or float32).
 
-Targets: <= 0.5 s for the fake path, <= 1.5 s for Whisper tiny.en on 2 cores. Run from the
-repository root::
+Targets: <= 0.5 s for the fake path, <= 1.5 s for Whisper tiny.en on 2 cores
+(tests/test_stop_to_final.py bounds the same measurement, tests/speech_timing.py, at twice these).
+Run from the repository root::
 
     HF_HUB_OFFLINE=1 python benchmarks/speech_latency.py [--repeat 3]
 """
@@ -19,55 +20,19 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speech2image_nb.audio import chunk_pcm, decode_audio  # noqa: E402
 from speech2image_nb.config import Settings  # noqa: E402
 from speech2image_nb.speech.assemblyai import AssemblyAITranscriber  # noqa: E402
 from speech2image_nb.speech.whisper import WhisperTranscriber  # noqa: E402
 from tests.fakes.assemblyai import FakeAssemblyAI, whisper_model_dir  # noqa: E402
+from tests.speech_timing import last_chunk_to_final, utterance  # noqa: E402
 
 TARGET_FAKE_S = 0.5
 TARGET_WHISPER_S = 1.5
-UTTERANCE_S = 4.0
-
-
-def utterance() -> np.ndarray:
-    """About 4 s of speech that runs to the end (no pause that would end the turn early).
-
-    Two fixtures cut to their speech (0.3 s lead-in trimmed, short tails) with a 0.15 s gap, so
-    the final can only come from the end of the stream.
-    """
-    data = ROOT / "tests" / "data"
-    first = decode_audio(data / "piper_08.wav")[int(0.30 * 16_000) : int(2.62 * 16_000)]
-    second = decode_audio(data / "piper_01.wav")[int(0.30 * 16_000) : int(2.12 * 16_000)]
-    return np.concatenate([first, np.zeros(int(0.15 * 16_000), np.int16), second])
-
-
-async def last_chunk_to_final(transcriber, pcm: np.ndarray) -> tuple[float, str]:
-    """Seconds from the last chunk leaving the source to the last final event, and its text."""
-    last_chunk_at = 0.0
-    final_at, text = 0.0, ""
-
-    async def live() -> AsyncIterator[bytes]:
-        nonlocal last_chunk_at
-        start = time.monotonic()
-        for i, chunk in enumerate(chunk_pcm(pcm, 100)):
-            await asyncio.sleep(max(0.0, start + i * 0.1 - time.monotonic()))
-            yield chunk
-        last_chunk_at = time.monotonic()
-
-    async for event in transcriber.stream(live()):
-        if event.kind == "final":
-            final_at, text = time.monotonic(), event.text
-    return final_at - last_chunk_at, text
 
 
 def main() -> None:
@@ -84,8 +49,10 @@ def main() -> None:
     for _ in range(args.repeat):
         seconds, text = asyncio.run(last_chunk_to_final(whisper, pcm))
         whisper_s.append(round(seconds, 3))
+    compute_type = whisper.load().model.compute_type
     print(
-        f"whisper tiny.en (CPU int8): {statistics.median(whisper_s):.2f} s median of {whisper_s} -> {text!r}"
+        f"whisper tiny.en (CPU {compute_type}): {statistics.median(whisper_s):.2f} s median of "
+        f"{whisper_s} -> {text!r}"
     )
 
     # (label, fake options, warm-up run first): "protocol only" pre-fills the fake's decode cache

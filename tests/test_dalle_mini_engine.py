@@ -288,6 +288,10 @@ def test_half_precision_runs_on_cpu(tiny_dir, dtype):
     tokens = engine.sample_image_tokens(["a fox"], [1])
     assert tokens.shape == (1, 256) and int(tokens.max()) < 2**14
     assert engine.describe()["dtype"] in ("bfloat16", "float16")
+    (image,) = engine.generate([ImageJob("a fox", 1, 0)])
+    assert image.mode == "RGB" and image.size == (256, 256)
+    values = pixels(image)
+    assert values.shape == (256, 256, 3) and values.std(axis=(0, 1)).min() > 1  # a picture, every channel
 
 
 def test_generation_leaves_global_torch_state_alone(engine):

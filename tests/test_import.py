@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from tests.conftest import TIME_FACTOR
+
 PROBE = r"""
 import json, logging, socket, sys, threading, time, asyncio
 opened = []
@@ -47,7 +49,7 @@ def test_import_opens_no_socket_starts_no_thread_and_is_fast():
     assert result["heavy"] == []
     assert not result["logging_changed"]
     assert not result["policy_changed"]
-    assert result["elapsed_s"] < 1.0, result
+    assert result["elapsed_s"] < 1.0 * TIME_FACTOR, result
 
 
 def test_torch_global_state_untouched_by_engine_modules():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 try:
@@ -39,24 +40,62 @@ def test_environment_yml_has_every_runtime_requirement():
     assert missing == []
 
 
+#: The public API as documented (README "From Python", the tutorial): changing it is a decision.
+PUBLIC_API = [
+    "Generation",
+    "ImageClient",
+    "Panel",
+    "Recorder",
+    "Secret",
+    "Settings",
+    "Speech2ImageError",
+    "TranscriptEvent",
+    "WebRTCRecorder",
+    "__version__",
+    "app",
+    "connect",
+    "decode_audio",
+    "generate",
+    "transcribe",
+]
+
+
+def _type_checking_imports(path: Path) -> dict[str, str]:
+    """Name -> absolute module of each import in ``if TYPE_CHECKING:`` of the package's __init__.py
+    (what type checkers and editors see, written apart from the runtime's lazy table)."""
+    tree = ast.parse(path.read_text())
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom) and stmt.level == 1, ast.unparse(stmt)
+                for alias in stmt.names:
+                    names[alias.asname or alias.name] = f"speech2image_nb.{stmt.module}"
+    return names
+
+
 def test_public_api_is_exactly_all_and_every_name_resolves():
-    """__all__ lists the public names, and each one imports (lazily) from its module."""
+    """__all__ is the documented API, type checkers see the same names, and each resolves (lazily) to
+    the object its module defines."""
+    import importlib
     import types
 
     import speech2image_nb
 
+    assert speech2image_nb.__all__ == PUBLIC_API
+    typed = _type_checking_imports(Path(speech2image_nb.__file__))
+    assert sorted(typed) == [n for n in PUBLIC_API if n != "__version__"]
     public = {
         name
         for name in dir(speech2image_nb)
         if not name.startswith("_") and not isinstance(getattr(speech2image_nb, name), types.ModuleType)
-    } | {"__version__"}
-    assert set(speech2image_nb.__all__) == public
-    for name in speech2image_nb.__all__:
-        assert getattr(speech2image_nb, name) is not None, name
+    }
+    assert public | {"__version__"} == set(PUBLIC_API)
+    for name, module in typed.items():
+        assert getattr(speech2image_nb, name) is getattr(importlib.import_module(module), name), name
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert speech2image_nb.__version__ == project["version"]
     assert callable(speech2image_nb.app) and callable(speech2image_nb.transcribe)
-    from speech2image_nb.images import service
-
-    assert speech2image_nb.connect is service.connect and speech2image_nb.generate is service.generate
     assert issubclass(speech2image_nb.Speech2ImageError, Exception)
 
 

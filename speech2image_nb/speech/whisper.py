@@ -81,19 +81,23 @@ def resolve_model_path(model: str, *, download_root: str | None = None) -> str:
         )
     import huggingface_hub
 
+    from ..hub import hub_unavailable
+
+    unavailable = "HF_HUB_OFFLINE is set" if _offline() else hub_unavailable()  # never wait on a dead network
     try:
         return str(
             huggingface_hub.snapshot_download(
                 repo_id,
                 allow_patterns=_MODEL_FILES,
-                local_files_only=_offline(),
+                local_files_only=unavailable is not None,
                 cache_dir=download_root,
             )
         )
     except Exception as exc:  # offline, not cached, network down, repo missing: all the same fix
+        reason = f"offline: {unavailable}" if unavailable else type(exc).__name__
         raise ModelNotAvailable(
             f"The Whisper model {model!r} ({repo_id}) is not on this machine and could not be "
-            f"downloaded ({type(exc).__name__}). {how}"
+            f"downloaded ({reason}). {how}"
         ) from exc
 
 

@@ -105,7 +105,9 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
             stop_delay_s = kernel.json("stops[-1] - t_stop")
             last_chunk_s = kernel.json("arrivals[-1][0] - t_stop")
             assert kernel.json("errors") == []
-            assert 0 <= stop_delay_s <= 0.5, f"on_stop {stop_delay_s:.3f} s after the kernel's stop"
+            assert 0 <= stop_delay_s <= 0.5 * TIME_FACTOR, (
+                f"on_stop {stop_delay_s:.3f} s after the kernel's stop"
+            )
             assert last_chunk_s <= stop_delay_s
             assert kernel.json("rec.recording") is False
             corr2 = assert_matches_fake_mic(kernel_pcm(kernel), min_s=1.5)
@@ -114,7 +116,7 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
             kernel.execute("rec.max_seconds = 1.0; rec.recording = True")
             kernel.wait_until("len(stops) == 3", timeout_s=5 * TIME_FACTOR)
             assert kernel.json("rec.recording") is False
-            assert 0.8 <= kernel.json("rec.elapsed_s") <= 1.5
+            assert 0.8 <= kernel.json("rec.elapsed_s") <= 1.0 + 0.5 * TIME_FACTOR
             print(
                 f"{stack}: {len(during)} chunks during a running cell on {sorted({t[2] for t in during})}, "
                 f"kernel stop -> on_stop {stop_delay_s * 1000:.0f} ms, corr {corr2:.3f}"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, ModelNotAvailable
+from ...hub import MODEL_DIR_HINT, hub_unavailable
 from .base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
 from .cpu import resolve_threads, torch_threads
 
@@ -123,6 +124,7 @@ class DiffusersEngine(Engine):
         threads: int | None = None,
     ) -> None:
         self.model_id = str(model_dir) if model_dir is not None else model_id
+        self.model_dir_given = model_dir is not None
         self.is_local = Path(self.model_id).is_dir()
         self.name = Path(self.model_id).name if self.is_local else self.model_id.split("/")[-1]
         self._device, self.dtype_name = resolve_device_and_dtype(device, dtype)
@@ -176,6 +178,12 @@ class DiffusersEngine(Engine):
         import torch
         from diffusers import AutoPipelineForText2Image
 
+        if self.model_dir_given and not self.is_local:
+            raise ModelNotAvailable(
+                f"The model folder {self.model_id} (S2I_MODEL_DIR) does not exist; point S2I_MODEL_DIR "
+                "at a folder saved with save_pretrained, or unset it to download the model."
+            )
+        unavailable = None if self.is_local else hub_unavailable()
         attempts: list[dict[str, Any]] = [{}]
         if dtype == torch.float16 and not self.is_local:
             attempts.insert(0, {"variant": "fp16"})  # half the download where the repo has it
@@ -183,13 +191,24 @@ class DiffusersEngine(Engine):
         for extra in attempts:
             try:
                 return AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
-                    self.model_id, torch_dtype=dtype, **extra
+                    self.model_id, torch_dtype=dtype, local_files_only=unavailable is not None, **extra
                 )
             except (OSError, ValueError) as exc:
                 error = exc
+        if self.is_local:
+            raise ModelNotAvailable(
+                f"The diffusers model folder {self.model_id} (S2I_MODEL_DIR) could not be loaded "
+                f"({error}); point S2I_MODEL_DIR at a folder saved with save_pretrained, or unset it "
+                "to download the model."
+            ) from error
+        if unavailable is not None:
+            raise ModelNotAvailable(
+                f"The diffusers model {self.model_id} is not in the Hugging Face cache and cannot be "
+                f"downloaded (offline: {unavailable}). Connect to the internet once, or {MODEL_DIR_HINT}."
+            ) from error
         raise ModelNotAvailable(
-            f"The diffusers model {self.model_id} could not be loaded ({error}). If you are offline "
-            "(HF_HUB_OFFLINE), download it once with a network connection, or pass a local folder."
+            f"The diffusers model {self.model_id} could not be loaded ({error}); "
+            f"try again, or {MODEL_DIR_HINT}."
         ) from error
 
     def _use_tiny_vae(self, pipeline: Any, dtype: torch.dtype) -> None:
@@ -201,8 +220,11 @@ class DiffusersEngine(Engine):
             log.warning("%s is a %s: TAESD fits SD 1.x/2.x only, keeping its own VAE", self.model_id, kind)
             self.vae = "full"
             return
+        offline = not Path(self.tiny_vae_id).is_dir() and hub_unavailable() is not None
         try:
-            tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_id, torch_dtype=dtype)  # type: ignore[no-untyped-call]
+            tiny = AutoencoderTiny.from_pretrained(  # type: ignore[no-untyped-call]
+                self.tiny_vae_id, torch_dtype=dtype, local_files_only=offline
+            )
         except (OSError, ValueError) as exc:
             raise ModelNotAvailable(
                 f"The tiny autoencoder {self.tiny_vae_id} could not be loaded ({exc}). Connect to the "

@@ -101,29 +101,41 @@ def locate_files(
                 missing.append(config.file_names[role])
         if missing:
             raise ModelNotAvailable(
-                f"The DALL-E model folder {model_dir} lacks {', '.join(missing)}. Download them from "
-                f"https://huggingface.co/{MIN_DALLE_REPO} into that folder, or leave the model folder "
-                "unset to download them automatically."
+                f"The DALL-E model folder {model_dir} (S2I_MODEL_DIR) lacks {', '.join(missing)}. Download "
+                f"them from https://huggingface.co/{MIN_DALLE_REPO} into that folder, or unset "
+                "S2I_MODEL_DIR to download them automatically."
             )
         return paths
 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    from ....hub import MODEL_DIR_HINT, hub_unavailable
+
+    # The revision is pinned, so cached files are final: the network is asked only for what is missing.
+    unavailable: str | None = None
     for i, role in enumerate(ROLES):
         name = config.file_names[role]
-        if progress is not None:
-            progress(i / len(ROLES), f"fetching {name}")
         try:
-            path = hf_hub_download(MIN_DALLE_REPO, name, revision=revision, cache_dir=cache_dir)
-        except LocalEntryNotFoundError as exc:
-            raise ModelNotAvailable(
-                f"{name} of {MIN_DALLE_REPO} is not in the Hugging Face cache and cannot be downloaded "
-                "(offline: HF_HUB_OFFLINE is set or the network is unreachable). Connect to the internet "
-                "once, or pass a model folder that holds the files."
-            ) from exc
-        except (OSError, ValueError) as exc:  # HTTP errors, disk full, bad revision
-            raise ModelNotAvailable(f"Could not download {name} from {MIN_DALLE_REPO}: {exc}") from exc
+            path = hf_hub_download(
+                MIN_DALLE_REPO, name, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        except LocalEntryNotFoundError:
+            unavailable = unavailable or hub_unavailable()
+            if unavailable is not None:
+                raise ModelNotAvailable(
+                    f"{name} of {MIN_DALLE_REPO} is not in the Hugging Face cache and cannot be downloaded "
+                    f"(offline: {unavailable}). Connect to the internet once, or {MODEL_DIR_HINT}."
+                ) from None
+            if progress is not None:
+                progress(i / len(ROLES), f"fetching {name}")
+            try:
+                path = hf_hub_download(MIN_DALLE_REPO, name, revision=revision, cache_dir=cache_dir)
+            except (OSError, ValueError) as exc:  # HTTP errors, the network gone meanwhile, disk full
+                raise ModelNotAvailable(
+                    f"Could not download {name} from {MIN_DALLE_REPO} ({exc}); "
+                    f"try again, or {MODEL_DIR_HINT}."
+                ) from exc
         paths[role] = Path(str(path))
     return paths
 
