@@ -438,10 +438,12 @@ def test_unreachable_service_is_retried_twice_then_service_unreachable():
         attempts.append(time.monotonic())
         return connect(*args, **kwargs)
 
-    client = AssemblyAITranscriber(settings=settings, connect=counting_connect, retry_backoff_s=0.05)
+    client = AssemblyAITranscriber(settings=settings, connect=counting_connect, retry_backoff_s=0.3)
     with pytest.raises(ServiceUnreachable) as info:
         asyncio.run(stream_pcm(client, load_pcm("piper_01.wav", 0.5)))
-    assert len(attempts) == 3 and attempts[2] - attempts[1] > attempts[1] - attempts[0] > 0.04
+    # Waits of 0.3 s, then 0.6 s (lower bounds whatever the load; a refused connect costs little
+    # beside them, so a backoff that does not grow leaves the second gap well under 0.6 s).
+    assert len(attempts) == 3 and attempts[1] - attempts[0] >= 0.3 and attempts[2] - attempts[1] >= 0.6
     assert f"127.0.0.1:{port}" in str(info.value)
 
 
