@@ -47,7 +47,11 @@ from typing import Any
 
 import requests
 
-from speech2image_nb.images.protocol import SSEParser
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from speech2image_nb.images.protocol import SSEParser  # noqa: E402
+from tests.image_server_utils import ProcessStats, process_stats, settle  # noqa: E402
 
 #: the noise engine made to sleep like DALL-E mini on a datacentre GPU (the targets of
 #: benchmarks/RESULTS.md: 1 image 0.4 s, 16 images 0.8 s): base + per_image * n**0.3
@@ -77,15 +81,6 @@ def serve(spec: dict[str, Any]) -> None:
     server.stop()
 
 
-@dataclasses.dataclass(frozen=True)
-class Stats:
-    """What the server process holds."""
-
-    rss_mb: float
-    fds: int
-    threads: int
-
-
 class ServerProcess:
     """A server started by :func:`serve` in a child process."""
 
@@ -102,17 +97,9 @@ class ServerProcess:
             self.close()
             raise SystemExit(f"the server did not start: {self.url!r}")
 
-    def stats(self) -> Stats:
+    def stats(self) -> ProcessStats:
         """Memory, descriptors and threads of the server process now (Linux /proc)."""
-        pid = self.process.pid
-        status = dict(
-            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-        )
-        return Stats(
-            rss_mb=int(status["VmRSS"].split()[0]) / 1024,
-            fds=len(os.listdir(f"/proc/{pid}/fd")),
-            threads=int(status["Threads"]),
-        )
+        return process_stats(self.process.pid)
 
     def queue(self) -> int:
         """Requests waiting in the server's queue."""
@@ -201,16 +188,6 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def settle(read: Callable[[], int], target: int, timeout_s: float = 30.0) -> int:
-    """``read()`` until it is at most ``target`` (or ``timeout_s`` passes)."""
-    deadline = time.monotonic() + timeout_s
-    value = read()
-    while value > target and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = read()
-    return value
-
-
 # --- one configuration -------------------------------------------------------------------------
 
 
@@ -237,7 +214,7 @@ def measure(name: str, spec: dict[str, Any], args: argparse.Namespace, *, bursts
             outcomes += together(
                 args.clients, lambda i, release: stream(server.url, burst_body(i), started=release)
             )
-            settle(server.queue, 0)
+            settle(server.queue, 0, timeout_s=30)
         served = [o.seconds for o in outcomes if o.kind == "served"]
         kinds = {kind: sum(o.kind == kind for o in outcomes) for kind in sorted({o.kind for o in outcomes})}
         images = sum(burst_body(i)["num_images"] for i in range(args.clients))
@@ -266,19 +243,19 @@ def measure(name: str, spec: dict[str, Any], args: argparse.Namespace, *, bursts
             return stream(server.url, burst_body(i), leave_at_progress=True)
 
         together(args.clients, leave)  # warm-up round: pools grow to what this load needs
-        settle(server.queue, 0)
+        settle(server.queue, 0, timeout_s=30)
         time.sleep(2 * full)  # the engine finishes what it was doing
         before = server.stats()
         left = together(args.clients, leave)
         next_one = stream(server.url, {"text": "after the leavers", "num_images": 1, "seed": 7})
         next_s = next_one.seconds
-        queue = settle(server.queue, 0)
-        after_fds = settle(lambda: server.stats().fds, before.fds)
-        after_threads = settle(lambda: server.stats().threads, before.threads)
+        queue = settle(server.queue, 0, timeout_s=30)
+        after_fds = settle(lambda: server.stats().fd_count, before.fd_count, timeout_s=30)
+        after_threads = settle(lambda: server.stats().thread_count, before.thread_count, timeout_s=30)
         print(
             f"{args.clients} clients left mid-stream ({sum(o.kind == 'left' for o in left)} at their first "
-            f"progress event): queue {queue}; file descriptors {before.fds} -> {after_fds}, "
-            f"threads {before.threads} -> {after_threads}; the next request {next_one.kind} in "
+            f"progress event): queue {queue}; file descriptors {before.fd_count} -> {after_fds}, "
+            f"threads {before.thread_count} -> {after_threads}; the next request {next_one.kind} in "
             f"{next_s:.3f} s ({next_s / one:.2f}x one alone)"
         )
         if args.requests and spec["engine"] == "noise" and not spec["engine_options"].get("base_latency_s"):
@@ -291,14 +268,14 @@ def memory_over_requests(server: ServerProcess, args: argparse.Namespace) -> Non
     """Server memory over ``args.requests`` streamed requests from ``args.clients`` clients."""
     for i in range(100):  # warm-up: caches and allocator arenas
         stream(server.url, burst_body(i))
-    start = server.stats().rss_mb
+    start = server.stats().rss_bytes / MB
     peak = [start]
     per_client = math.ceil(args.requests / args.clients)
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.5):
-            peak[0] = max(peak[0], server.stats().rss_mb)
+            peak[0] = max(peak[0], server.stats().rss_bytes / MB)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -313,7 +290,7 @@ def memory_over_requests(server: ServerProcess, args: argparse.Namespace) -> Non
     outcomes = together(args.clients, client)
     done.set()
     sampler.join()
-    end = server.stats().rss_mb
+    end = server.stats().rss_bytes / MB
     print(
         f"memory over {per_client * args.clients} requests ({args.clients} clients streaming one after "
         f"another): {start:.1f} -> {end:.1f} MB ({end - start:+.1f} MB, peak {max(peak):.1f} MB; "

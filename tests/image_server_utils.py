@@ -284,6 +284,17 @@ server.stop()
 """
 
 
+def settle(read: Callable[[], int], target: int, *, timeout_s: float) -> int:
+    """Read ``read()`` until it is at most ``target`` or ``timeout_s`` passes; the last value
+    (for counts that fall back once work in flight ends: queue, descriptors, threads)."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while value > target and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessStats:
     """What a process holds, read from /proc: resident memory, open file descriptors, threads."""

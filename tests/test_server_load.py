@@ -17,22 +17,12 @@ from speech2image_nb.images import ImageClient
 from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine
 
 from .conftest import TIME_FACTOR
-from .image_server_utils import EventStream, running_server, server_process, stream_request
+from .image_server_utils import EventStream, running_server, server_process, settle, stream_request
 from .test_server_batching import run_concurrently
 
 CLIENTS = 12
 #: one generation call with simulated accelerator latency, for the noise engine
 ENGINE = {"size_px": 64, "base_latency_s": 0.2, "per_image_latency_s": 0.02, "steps": 4, "max_batch": 4}
-
-
-def settle(read, target, *, timeout_s):
-    """Read ``read()`` until it is at most ``target`` or ``timeout_s`` passes; the last value."""
-    deadline = time.monotonic() + timeout_s
-    value = read()
-    while value > target and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = read()
-    return value
 
 
 def test_concurrent_streams_are_served_or_refused_with_retry_after():
