@@ -84,7 +84,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,30 @@ def colab_venv(path: Path = COLAB_VENV) -> Path:
 def _get_json(url: str, *, timeout_s: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return json.loads(response.read().decode())
+
+
+def _spawn(cmd: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session (so that :meth:`stop` can end its whole group), its output
+    appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _answers(
+    proc: subprocess.Popen[bytes], url: str, *, timeout_s: float, what: str, log: Callable[[], str]
+) -> bool:
+    """Poll ``GET url`` until it answers JSON (True) or ``timeout_s`` passes (False); RuntimeError
+    with ``log()`` at once if the process (``what``) exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        try:
+            _get_json(url, timeout_s=2.0)
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
+            time.sleep(0.2)
+    return False
 
 
 class JupyterServer:
@@ -202,22 +226,17 @@ class JupyterServer:
         ]
         if self.stack != "classic":
             cmd.append("--expose-app-in-browser")
-        log = open(self._log_path, "wb")  # noqa: SIM115 - closed by the child's lifetime
-        self._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"jupyter {self.stack} exited early:\n{self.log()}")
-            try:
-                _get_json(f"{self.url}/api/status", timeout_s=2.0)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"jupyter {self.stack} did not answer in {timeout_s} s:\n{self.log()}")
+        self._proc = _spawn(cmd, env=env, log_path=self._log_path)
+        if not _answers(
+            self._proc,
+            f"{self.url}/api/status",
+            timeout_s=timeout_s,
+            what=f"jupyter {self.stack}",
+            log=self.log,
+        ):
+            self.stop()
+            raise TimeoutError(f"jupyter {self.stack} did not answer in {timeout_s} s:\n{self.log()}")
+        return self
 
     @contextlib.contextmanager
     def disabled_extensions(self, *names: str) -> Iterator[None]:
@@ -298,22 +317,13 @@ class ImageServerProcess:
         env.pop("S2I_SERVER_TOKEN", None)
         cmd = [sys.executable, "-m", "speech2image_nb.server", "--engine", self.engine]
         cmd += ["--model-dir", str(self.model_dir), "--port", str(self.port), "--no-auth", "--quiet"]
-        log = open(self._log_path, "wb")  # noqa: SIM115 - closed by the child's lifetime
-        self._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the image server exited early:\n{self.log()}")
-            try:
-                _get_json(f"{self.url}/", timeout_s=2.0)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"the image server did not answer in {timeout_s} s:\n{self.log()}")
+        self._proc = _spawn(cmd, env=env, log_path=self._log_path)
+        if not _answers(
+            self._proc, f"{self.url}/", timeout_s=timeout_s, what="the image server", log=self.log
+        ):
+            self.stop()
+            raise TimeoutError(f"the image server did not answer in {timeout_s} s:\n{self.log()}")
+        return self
 
     def log(self) -> str:
         try:
