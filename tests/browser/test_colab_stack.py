@@ -17,6 +17,7 @@ import shutil
 import time
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.audio_encode import encode_with_pyav
 from tests.conftest import DATA_DIR, TIME_FACTOR
@@ -45,6 +46,27 @@ COLAB_VERSIONS = {"ipywidgets": "7.7.1", "ipykernel": "6.17.1", "IPython": "7.34
 def images_shown_js(count: int) -> str:
     """A page condition: the grid shows ``count`` finished images."""
     return f"() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length === {count}"
+
+
+#: the text of every cell's prompt and output area in a classic notebook page
+CELL_STATE_JS = """() => Array.from(document.querySelectorAll('.cell')).map((cell, i) => {
+  const prompt = cell.querySelector('.input_prompt');
+  const out = Array.from(cell.querySelectorAll('.output_area')).map((o) => o.innerText).join(' | ');
+  return `cell ${i} ${prompt ? prompt.innerText.trim() : ''} output: ${out.slice(0, 2000)}`;
+}).join('\\n')"""
+
+
+def wait_for_widget(page, locator, screenshot, *, timeout_ms):
+    """Wait for ``locator`` to show; if it does not, fail with a screenshot and what each cell shows
+    (its prompt, ``In [*]`` while it runs, and its output: an error the widget printed, if any)."""
+    try:
+        locator.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeoutError:
+        page.screenshot(path=str(screenshot))
+        pytest.fail(
+            f"the widget did not show in {timeout_ms / 1000:.0f} s ({screenshot.name}):\n"
+            + page.evaluate(CELL_STATE_JS)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +102,7 @@ def test_recorder_records_from_its_button_and_chunks_wait_for_the_running_cell(
         run_cell(page, 0)
         widget = page.locator(".s2i-recorder")
         button = page.locator(".s2i-recorder-button")
-        button.wait_for(timeout=30 * MS)
+        wait_for_widget(page, button, artifacts_dir / "colab_record_no_button.png", timeout_ms=30 * MS)
         with KernelClient(colab_stack, colab_stack.kernel_id(name)) as kernel:
             versions = kernel.json(
                 "{m: __import__(m).__version__ for m in ('ipywidgets', 'ipykernel', 'IPython', 'anywidget')}"
@@ -132,7 +154,12 @@ def test_tutorial_panel_speech_to_images_then_an_upload_hands_free(
         page = browser.new_page(viewport={"width": 1100, "height": 1000})
         open_notebook(page, colab_stack, NOTEBOOK.name)
         panel = page.locator(".s2i-panel")
-        page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
+        wait_for_widget(
+            page,
+            page.locator(".s2i-recorder-button"),
+            artifacts_dir / "colab_panel_no_button.png",
+            timeout_ms=60 * MS,
+        )
         with KernelClient(colab_stack, colab_stack.kernel_id(NOTEBOOK.name)) as kernel:
             assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), kernel.json(
                 "panel.error_text"
