@@ -98,7 +98,11 @@ def test_assemblyai_fault_mid_sentence_keeps_the_words_and_the_next_take_reconne
         end_silence_ms=1200,
     ) as fake:
         settings = no_env(assemblyai_api_key=KEY, assemblyai_streaming_url=fake.url)
-        transcriber = AssemblyAITranscriber(settings=settings, force_endpoint_on_stop=True)
+        # The fault may come only at the sentence's end, which waits for the fake's decoding: on a
+        # loaded machine that can take longer than the client's default 5 s wait for Termination.
+        transcriber = AssemblyAITranscriber(
+            settings=settings, force_endpoint_on_stop=True, terminate_timeout_s=15 * TIME_FACTOR
+        )
         panel = make_panel(settings=settings, transcriber=transcriber, image_service=FakeImageService())
         recorder: FakeRecorder = panel.recorder
         # The browser keeps sending chunks after the drop: play the take at speaking pace, with a tail.
