@@ -474,3 +474,20 @@ def test_transcribe_whole_recording_and_sync_api(fake, monkeypatch):
         return speech2image_nb.transcribe(DATA_DIR / "piper_07.wav")
 
     assert asyncio.run(notebook_cell()) == text
+
+
+def test_stop_ends_a_decode_that_a_departed_session_left_running() -> None:
+    """A session that goes away mid-decode must not leave its decode pending when the fake stops
+    (a pending task on a closed loop is reported as destroyed later, far from its cause)."""
+    fake = FakeAssemblyAI().start()
+    try:
+        noise = np.random.default_rng(0).normal(0, 3000, 16_000 * 8).astype("<i2").tobytes()
+        asyncio.run_coroutine_threadsafe(fake.decode(noise, beam_size=5), fake._loop)
+        deadline = time.monotonic() + 5 * TIME_FACTOR
+        while not fake._decoded and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (decoding,) = fake._decoded.values()
+        assert not decoding.done(), "the decode ended before the fake stopped: nothing was tested"
+    finally:
+        fake.stop()
+    assert decoding.done()

@@ -795,6 +795,13 @@ class FakeAssemblyAI:
             self.port = next(iter(server.sockets)).getsockname()[1]
             ready.set()
             await self._stop.wait()
+        # A session that went away mid-decode leaves its shared decode pending; end it here, or the
+        # loop closes with the task still pending (the thread's late result is then dropped).
+        pending = [future for future in self._decoded.values() if not future.done()]
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._decoded.clear()
 
     def start(self) -> FakeAssemblyAI:
         """Load the Whisper model (once per process) and start serving; returns self."""
