@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 FRAME_MS = 10  # envelope resolution
+MAX_SLIP_FRAMES = 8  # how far from the file's length one pass of the fake microphone may come out
 
 
 def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
@@ -28,27 +29,38 @@ def rms_envelope(samples: np.ndarray, rate: int, *, frame_ms: int = FRAME_MS) ->
     return np.sqrt((frames**2).mean(axis=1))
 
 
-def best_envelope_match(recorded: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
+def best_envelope_match(
+    recorded: np.ndarray, reference: np.ndarray, *, max_slip_frames: int = MAX_SLIP_FRAMES
+) -> tuple[float, int]:
     """Highest normalised cross-correlation of ``recorded`` against the looping ``reference``.
 
     Both are envelopes. The fake microphone loops its file, so the reference is tiled to cover
-    every lag. Returns (correlation, lag in frames).
+    every lag. Chromium does not loop it seamlessly: each pass comes out a few frames shorter or
+    longer than the file (30-40 ms short for ``piper_01.wav``, measured), so a take that spans a
+    loop point slips by that much there. The tiling tries every period within ``max_slip_frames``
+    of the file's length, padding with the file's last (quiet) level or trimming its end.
+    Returns (correlation, lag in frames).
     """
     n = len(recorded)
-    loops = int(np.ceil((n + len(reference)) / len(reference))) + 1
-    tiled = np.tile(reference, loops)
     rec = recorded - recorded.mean()
     rec_norm = np.linalg.norm(rec)
     if rec_norm == 0:
         return 0.0, 0
     best, best_lag = -1.0, 0
-    for lag in range(len(reference)):
-        seg = tiled[lag : lag + n]
-        seg = seg - seg.mean()
-        denom = rec_norm * np.linalg.norm(seg)
-        if denom == 0:
-            continue
-        value = float(rec @ seg / denom)
-        if value > best:
-            best, best_lag = value, lag
+    for slip in range(-max_slip_frames, max_slip_frames + 1):
+        if slip <= 0:
+            period = reference[: len(reference) + slip]
+        else:
+            period = np.concatenate([reference, np.full(slip, reference[-1])])
+        loops = int(np.ceil((n + len(period)) / len(period))) + 1
+        tiled = np.tile(period, loops)
+        for lag in range(len(period)):
+            seg = tiled[lag : lag + n]
+            seg = seg - seg.mean()
+            denom = rec_norm * np.linalg.norm(seg)
+            if denom == 0:
+                continue
+            value = float(rec @ seg / denom)
+            if value > best:
+                best, best_lag = value, lag
     return best, best_lag
