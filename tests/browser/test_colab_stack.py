@@ -69,6 +69,35 @@ def wait_for_widget(page, locator, screenshot, *, timeout_ms):
         )
 
 
+PANEL_STATE_JS = """() => ['.s2i-status', '.s2i-error-line', '.s2i-recorder-error', '.s2i-transcript']
+  .map((sel) => `${sel}: ${Array.from(document.querySelectorAll(sel))
+    .map((e) => e.innerText.trim()).join(' | ')}`)
+  .concat([`prompt: ${(document.querySelector('.s2i-prompt textarea') || {}).value}`,
+           `recorder: ${(document.querySelector('.s2i-recorder') || {dataset: {}}).dataset.state}`,
+           `images: ${document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length}`])
+  .join('\\n')"""
+PANEL_STATE_PY = (
+    "{'error_text': panel.error_text, 'takes': len(panel.controller.transcript._turns), "
+    "'heard': panel.controller.transcript.session_text(), 'history': len(panel.controller.history), "
+    "'idle': panel.wait_idle(0)}"
+)
+
+
+@contextlib.contextmanager
+def panel_state_on_failure(page, kernel, screenshot):
+    """A failed step says where the panel was: a screenshot, what the page shows, what the kernel holds."""
+    try:
+        yield
+    except (AssertionError, PlaywrightTimeoutError) as error:
+        page.screenshot(path=str(screenshot))
+        shown = page.evaluate(PANEL_STATE_JS)
+        try:
+            held = kernel.json(PANEL_STATE_PY)
+        except Exception as exc:  # a kernel that does not answer is part of the story
+            held = f"(no answer: {type(exc).__name__}: {exc})"
+        pytest.fail(f"{error}\n({screenshot.name}) the page shows:\n{shown}\nthe kernel holds: {held}")
+
+
 @pytest.fixture(scope="module")
 def colab_stack(browser_tmp, image_server_process):
     """The classic Notebook server from .venv-colab, configured to reach the image and speech servers."""
@@ -169,32 +198,32 @@ def test_tutorial_panel_speech_to_images_then_an_upload_hands_free(
             kernel.execute(f"panel.image_count_slider.value = {IMAGE_COUNT}")
             panel.scroll_into_view_if_needed()
             panel.screenshot(path=artifacts_dir / "panel_ready_classic.png")
+            with panel_state_on_failure(page, kernel, artifacts_dir / "colab_panel_failed.png"):
+                # --- speech -> transcript -> prompt -> Generate -> images ---------------------------------
+                record_once(page, kernel)
+                assert "snow" in page.locator(".s2i-transcript").inner_text().lower()
+                assert "snow" in page.locator(".s2i-prompt textarea").input_value().lower()
+                page.locator(".s2i-generate").click()
+                page.wait_for_function(images_shown_js(IMAGE_COUNT), timeout=60 * MS)
+                images = decoded_images(page)
+                assert len(images) == IMAGE_COUNT and all(im.size[0] >= 64 for im in images)
+                assert kernel.json("panel.error_text") == ""
+                panel.screenshot(path=artifacts_dir / "panel_images_classic.png")
 
-            # --- speech -> transcript -> prompt -> Generate -> images ---------------------------------
-            record_once(page, kernel)
-            assert "snow" in page.locator(".s2i-transcript").inner_text().lower()
-            assert "snow" in page.locator(".s2i-prompt textarea").input_value().lower()
-            page.locator(".s2i-generate").click()
-            page.wait_for_function(images_shown_js(IMAGE_COUNT), timeout=60 * MS)
-            images = decoded_images(page)
-            assert len(images) == IMAGE_COUNT and all(im.size[0] >= 64 for im in images)
-            assert kernel.json("panel.error_text") == ""
-            panel.screenshot(path=artifacts_dir / "panel_images_classic.png")
-
-            # --- an upload (ipywidgets 7's FileUpload), hands-free: it draws itself -----------------
-            page.locator(".s2i-hands-free").click()
-            assert kernel.wait_until("panel.controller.hands_free", timeout_s=5 * TIME_FACTOR)
-            m4a = browser_tmp / "astronaut.m4a"
-            m4a.write_bytes(encode_with_pyav(DATA_DIR / "piper_02.wav", "ipod", "aac"))
-            choose_file(page, ".s2i-upload", m4a, timeout_s=10 * TIME_FACTOR)
-            assert kernel.wait_until(
-                "len(panel.controller.history) >= 2 and panel.wait_idle(0)", timeout_s=60 * TIME_FACTOR
-            ), kernel.json("panel.error_text")
-            page.wait_for_function(images_shown_js(IMAGE_COUNT), timeout=30 * MS)
-            transcript = page.locator(".s2i-transcript").inner_text().lower()
-            assert "astronaut" in transcript and "moon" in transcript, transcript
-            assert "moon" in page.locator(".s2i-prompt textarea").input_value().lower()
-            assert kernel.json("panel.error_text") == ""
-            panel.screenshot(path=artifacts_dir / "panel_upload_classic.png")
+                # --- an upload (ipywidgets 7's FileUpload), hands-free: it draws itself -----------------
+                page.locator(".s2i-hands-free").click()
+                assert kernel.wait_until("panel.controller.hands_free", timeout_s=5 * TIME_FACTOR)
+                m4a = browser_tmp / "astronaut.m4a"
+                m4a.write_bytes(encode_with_pyav(DATA_DIR / "piper_02.wav", "ipod", "aac"))
+                choose_file(page, ".s2i-upload", m4a, timeout_s=10 * TIME_FACTOR)
+                assert kernel.wait_until(
+                    "len(panel.controller.history) >= 2 and panel.wait_idle(0)", timeout_s=60 * TIME_FACTOR
+                ), kernel.json("panel.error_text")
+                page.wait_for_function(images_shown_js(IMAGE_COUNT), timeout=30 * MS)
+                transcript = page.locator(".s2i-transcript").inner_text().lower()
+                assert "astronaut" in transcript and "moon" in transcript, transcript
+                assert "moon" in page.locator(".s2i-prompt textarea").input_value().lower()
+                assert kernel.json("panel.error_text") == ""
+                panel.screenshot(path=artifacts_dir / "panel_upload_classic.png")
     finally:
         browser.close()
