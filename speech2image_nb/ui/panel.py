@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..errors import ConfigError
-from ..frontend import detect_frontend, enable_colab_widgets
+from ..frontend import detect_frontend, enable_colab_widgets, watch_classic_display
 from ..recorder import make_recorder
 from ..recorder.callbacks import RecorderLike
 from .controller import MAX_IMAGE_COUNT, GenerationRequest, HistoryEntry, parse_seed
@@ -283,6 +283,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def _ipython_display_(self, **kwargs: Any) -> None:
         if self._is_repr_suppressed():
             return
+        watch_classic_display(".s2i-panel")  # a blank cell in the classic Notebook says what to do
         parent = getattr(super(), "_ipython_display_", None)
         if parent is not None:  # ipywidgets 7
             parent(**kwargs)
