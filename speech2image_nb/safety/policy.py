@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-
 from ..errors import ConfigError
 
 __all__ = ["ENV_VARS", "LEVELS", "Policy"]
@@ -136,7 +135,10 @@ def load_word_file(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"Cannot read the safety word file {str(file)!r} (S2I_SAFETY_FILE): {exc.strerror}.") from exc
+        raise ConfigError(
+            f"Cannot read the safety word file {str(file)!r} (S2I_SAFETY_FILE): {exc.strerror}; "
+            "check the path, or unset S2I_SAFETY_FILE."
+        ) from exc
     blocked: list[str] = []
     allowed: list[str] = []
     for raw in text.splitlines():

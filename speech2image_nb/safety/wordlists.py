@@ -1,0 +1,131 @@
+"""The built-in word lists and a teacher's words, compiled once into the matcher's tables.
+
+The lists are plain text files in ``wordlists/`` (package data; their format is in
+``wordlists/README.md``). Reading and compiling them costs a few milliseconds, so it happens on
+the first check, not at import, and is cached per policy (level, blocked and allowed words).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+
+from .tokens import canonical_words
+
+__all__ = ["CATEGORIES", "Matcher", "matcher_for", "word_forms"]
+
+#: Built-in categories, most serious first: a prompt refused for several reports the first.
+CATEGORIES = ("sexual", "self_harm", "hate", "violence", "weapons", "drugs", "profanity")
+CUSTOM = "custom"  # a teacher's own blocked word
+_PRIORITY = {name: rank for rank, name in enumerate((*CATEGORIES, CUSTOM))}
+
+_LEVELS_IN = {"standard": ("standard",), "strict": ("standard", "strict")}
+_ALTERNATIVES = re.compile(r"\(([^()]*)\)")
+_VOWELS = frozenset("aeiou")
+# Words a phrase keeps as written ("kill all jews": "all" is not inflected).
+_UNINFLECTED = frozenset((
+    "a", "an", "the", "my", "your", "his", "her", "their", "our", "its", "all", "of", "in", "on", "at", "to",
+    "and", "or", "with", "no", "not", "any", "off", "up", "out", "myself", "yourself", "himself", "herself",
+    "themselves",
+))  # fmt: skip
+_EXACT = "="  # prefixes the trie key of a word that an exact entry ("=cock") keeps as written
+_END = ""  # the trie key under which a node stores the categories of phrases that end there
+
+
+def word_forms(word: str) -> frozenset[str]:
+    """``word`` and its regular plural and verb forms: kill -> kills, killed, killing."""
+    forms = {word}
+    if word in _UNINFLECTED or len(word) < 3 or not word.isalpha():
+        return frozenset(forms)
+    sibilant = word.endswith(("s", "x", "z", "ch", "sh"))
+    forms.add(word + "es" if sibilant else word + "s")  # never "bras" -> "brass", "spic" -> "spices"
+    if word.endswith("y") and word[-2] not in _VOWELS:
+        forms |= {word[:-1] + "ies", word[:-1] + "ied"}
+    if word.endswith("e"):
+        forms |= {word + "d", word[:-1] + "ing"}
+    elif word[-1] not in _VOWELS | {"w", "x", "y"} and word[-2] in _VOWELS and word[-3] not in _VOWELS:
+        forms |= {word + word[-1] + "ing", word + word[-1] + "ed"}  # stab -> stabbing, never "stabing"
+    else:
+        forms |= {word + "ed", word + "ing"}
+    if word.endswith("fe"):
+        forms.add(word[:-2] + "ves")  # knife -> knives
+    elif word.endswith("f"):
+        forms.add(word[:-1] + "ves")
+    return frozenset(forms)
+
+
+@dataclass
+class Matcher:
+    """Tries of refused and allowed phrases over words, and every spelling that reaches a word."""
+
+    lemmas_of: dict[str, set[str]] = field(default_factory=dict)
+    refused: dict[str, object] = field(default_factory=dict)
+    allowed: dict[str, object] = field(default_factory=dict)
+
+    def add(self, phrase: str, category: str | None, *, inflect: bool = True) -> None:
+        """Add one phrase (``category`` None: allowed) in every spelling ``(a|b)`` writes."""
+        for variant in _expand(phrase):
+            words = canonical_words(variant)
+            if not words:
+                continue
+            # An exact entry's words get keys of their own, so that another entry's inflections
+            # ("cocker spaniel" allowed) never reach it ("=cock" refused, "cocked" not).
+            keys = words if inflect else tuple(_EXACT + word for word in words)
+            for word, key in zip(words, keys, strict=True):
+                for form in word_forms(word) if inflect else (word,):
+                    self.lemmas_of.setdefault(form, set()).add(key)
+            node = self.allowed if category is None else self.refused
+            for key in keys:
+                node = node.setdefault(key, {})  # type: ignore[assignment]
+            node.setdefault(_END, set()).add(category)  # type: ignore[union-attr, attr-defined]
+
+
+def _expand(phrase: str) -> list[str]:
+    """``(kill|gas) all`` -> ["kill all", "gas all"]; an empty choice drops the group."""
+    parts = _ALTERNATIVES.split(phrase)  # text, choices, text, choices, ...
+    choices = [parts[i].split("|") if i % 2 else [parts[i]] for i in range(len(parts))]
+    return [" ".join("".join(combo).split()) for combo in itertools.product(*choices)]
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin() -> tuple[tuple[tuple[str, str, str, bool], ...], tuple[str, ...]]:
+    """Every built-in entry as (phrase, category, level, inflect), and the allowed phrases."""
+    folder = resources.files(__package__) / "wordlists"
+    entries = []
+    for category in CATEGORIES:
+        level = "standard"
+        for raw in (folder / f"{category}.txt").read_text(encoding="utf-8").splitlines():
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if line in ("[standard]", "[strict]"):
+                level = line[1:-1]
+                continue
+            exact = line.startswith("=")
+            entries.append((line.lstrip("=").strip(), category, level, not exact))
+    allowed = (folder / "allowed.txt").read_text(encoding="utf-8").splitlines()
+    return tuple(entries), tuple(a for a in (x.split("#", 1)[0].strip() for x in allowed) if a)
+
+
+@functools.lru_cache(maxsize=32)
+def matcher_for(level: str, blocked: tuple[str, ...], allowed: tuple[str, ...]) -> Matcher:
+    """The compiled tables for one policy; cached, so a session compiles them once."""
+    matcher = Matcher()
+    entries, builtin_allowed = _builtin()
+    levels = _LEVELS_IN[level]
+    for phrase, category, entry_level, inflect in entries:
+        if entry_level in levels:
+            matcher.add(phrase, category, inflect=inflect)
+    for phrase in blocked:
+        matcher.add(phrase, CUSTOM)
+    for phrase in (*builtin_allowed, *allowed):
+        matcher.add(phrase, None)
+    return matcher
+
+
+def most_serious(categories: set[str]) -> str:
+    """The category a refusal reports when several matched."""
+    return min(categories, key=lambda c: _PRIORITY.get(c, len(_PRIORITY)))
