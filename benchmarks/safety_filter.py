@@ -69,8 +69,11 @@ def main() -> None:
 
     print(f"COCO captions: {len(coco)}; I2P prompts: {len(i2p)}; I2P sexual with nudity >= 50 %: {len(nude)}")
     print()
-    print("| level | COCO false refusals | I2P sexual, nudity >= 50 % | I2P all | " +
-          " | ".join(f"I2P {name}" for name in sorted(by_category)) + " | time a prompt | compile |")
+    print(
+        "| level | COCO false refusals | I2P sexual, nudity >= 50 % | I2P all | "
+        + " | ".join(f"I2P {name}" for name in sorted(by_category))
+        + " | time a prompt | compile |"
+    )
     print("|---" * (6 + len(by_category)) + "|")
     details = []
     for level in ("strict", "standard"):
@@ -84,8 +87,10 @@ def main() -> None:
         false_rate = len(refused) / len(coco)
         nude_rate = sum(not check_prompt(t, policy).allowed for t in nude) / len(nude)
         all_rate = sum(not check_prompt(row["prompt"], policy).allowed for row in i2p) / len(i2p)
-        rates = [sum(not check_prompt(t, policy).allowed for t in by_category[name]) / len(by_category[name])
-                 for name in sorted(by_category)]
+        rates = [
+            sum(not check_prompt(t, policy).allowed for t in by_category[name]) / len(by_category[name])
+            for name in sorted(by_category)
+        ]
         mark = "" if false_rate <= TARGET_FALSE_REFUSALS else " (over the 0.5 % target)"
         cells = [f"{false_rate:.2%} ({len(refused)}){mark}", f"{nude_rate:.1%}", f"{all_rate:.1%}"]
         cells += [f"{r:.1%}" for r in rates] + [f"{per_prompt * 1e6:.0f} µs", f"{compile_s * 1e3:.0f} ms"]

@@ -152,5 +152,3 @@ def load_word_file(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         else:
             blocked.append(line)
     return [w for w in blocked if w], [w for w in allowed if w]
-
-

@@ -80,21 +80,21 @@ def mask_text(text: str, policy: Policy | None = None, mask: str = "•") -> str
 def _find(words: Lattice, matcher: Matcher, trie: dict[str, object]) -> list[tuple[int, int, set[str]]]:
     """Every phrase of ``trie`` in ``words``, as (first word, past the last word, categories)."""
     found: list[tuple[int, int, set[str]]] = []
-    lemmas_of = matcher.lemmas_of
+    lemmas = matcher.lemmas
     edges_from = words.edges_from
 
     def walk(start: int, at: int, node: dict[str, object]) -> None:
-        for edge in edges_from[at]:
-            for form in edge.forms:
-                for lemma in lemmas_of.get(form, ()):
+        for end, forms in edges_from[at]:
+            for form in forms:
+                for lemma in lemmas(form):
                     child = node.get(lemma)
                     if child is None:
                         continue
                     ends = child.get("")  # type: ignore[attr-defined]
                     if ends:
-                        found.append((start, edge.end, ends))
-                    if edge.end < len(edges_from):
-                        walk(start, edge.end, child)  # type: ignore[arg-type]
+                        found.append((start, end, ends))
+                    if end < len(edges_from):
+                        walk(start, end, child)  # type: ignore[arg-type]
 
     for start in range(len(edges_from)):
         walk(start, start, trie)

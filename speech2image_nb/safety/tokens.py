@@ -28,8 +28,9 @@ _LOOKALIKES = str.maketrans(
 _LIGATURES = str.maketrans({"\u00df": "ss", "\u00e6": "ae", "\u0153": "oe", "\u00fe": "th"})
 
 # Leetspeak: digits and symbols typed for letters. "1" may stand for i or l, so both are tried.
-_LEET_I = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
-                         "@": "a", "$": "s"})
+_LEET_I = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a", "$": "s"}
+)
 _LEET_L = str.maketrans({"1": "l"})
 
 # A word: letters, digits and the symbols leetspeak uses, with apostrophes inside ("swimmer's").
@@ -37,6 +38,7 @@ _WORD = re.compile(r"[a-z0-9@$]+(?:'[a-z0-9@$]+)*")
 # Between two pieces of one spelt-out word: "s.e.x", "s-e-x", "por_n", "4/20" (no space).
 _JOINERS = frozenset(".-_*+~/|:")
 _MAX_JOINED = 12  # the longest spelt-out word tried, in pieces
+_LEETY = re.compile(r"[0-9@$]")
 _REPEAT3 = re.compile(r"(.)\1{2,}")
 _REPEAT2 = re.compile(r"(.)\1+")
 
@@ -44,8 +46,16 @@ _UNITS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
 )  # fmt: skip
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-         "eighty": 80, "ninety": 90}
+_TENS = {
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+}
 _NUMBER_WORDS: dict[str, int] = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS}
 
 
@@ -77,18 +87,20 @@ def _fold(text: str) -> tuple[str, list[int]]:
     return "".join(chars), where
 
 
+@functools.lru_cache(maxsize=16384)
 def _spellings(word: str) -> frozenset[str]:
     """The ways one written word may be meant: as typed, leetspeak read back, repeats squeezed."""
     base = word.replace("'", "")
     forms = {base}
     if base.isdigit():
         return frozenset(forms)
-    if any(c in base for c in "0134579@$8"):
+    if _LEETY.search(base):
         forms.add(base.translate(_LEET_I))
         forms.add(base.translate(_LEET_L).translate(_LEET_I))
     for form in list(forms):
         if _REPEAT3.search(form):  # "nuuuude": try "nuude" and "nude"
             forms.add(_REPEAT3.sub(r"\1\1", form))
+            forms.add(_REPEAT3.sub(r"\1", form))  # "kiiiill" -> "kill"
             forms.add(_REPEAT2.sub(r"\1", form))
     value = number_value(base)
     if value is not None:
@@ -96,13 +108,9 @@ def _spellings(word: str) -> frozenset[str]:
     return frozenset(forms)
 
 
-@dataclass(frozen=True)
-class Edge:
-    """A reading of the words ``start`` to ``end - 1`` as one word, in any of ``forms``."""
-
-    start: int
-    end: int
-    forms: frozenset[str]
+#: A reading of one or more words as one word: (index past its last word, its spellings).
+Edge = tuple[int, frozenset[str]]
+_Edges = tuple[list[Edge], ...]
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ class Lattice:
     """The words of a text (their spans in the original) and the readings that start at each."""
 
     spans: tuple[tuple[int, int], ...]
-    edges_from: tuple[tuple[Edge, ...], ...]
+    edges_from: tuple[list[Edge], ...]
 
 
 def lattice(text: str) -> Lattice:
@@ -119,39 +127,51 @@ def lattice(text: str) -> Lattice:
     matches = list(_WORD.finditer(folded))
     words = [m.group() for m in matches]
     spans = tuple((where[m.start()], where[m.end() - 1] + 1) for m in matches)
-    edges: list[list[Edge]] = [[Edge(i, i + 1, _spellings(w))] for i, w in enumerate(words)]
+    edges = tuple([(i + 1, _spellings(w))] for i, w in enumerate(words))
+    gaps = [folded[matches[k].end() : matches[k + 1].start()] for k in range(len(words) - 1)]
     n = len(words)
     i = 0
-    while i < n:  # pieces joined by separators with no space: "s.e.x", "na-ked", "4/20"
+    while i < n - 1:  # pieces joined by separators with no space: "s.e.x", "na-ked", "f*ck", "4/20"
         j = i
-        while j + 1 < n and _gap(folded, matches[j], matches[j + 1]) in _JOINERS:
+        while j < n - 1 and gaps[j] != " " and _joins(gaps[j]):
             j += 1
         if j > i:
-            _add_joined(edges, words, i, j + 1)
+            _add_joined(edges, words, i, j + 1, [_stars(g) for g in gaps[i:j]])
         i = j + 1
     i = 0
     while i < n:  # letters spelt out with spaces: "s e x" (three letters or more)
         j = i
-        while j < n and len(words[j]) == 1 and (j == i or _gap(folded, matches[j - 1], matches[j]) == " "):
+        while j < n and len(words[j]) == 1 and (j == i or gaps[j - 1] == " "):
             j += 1
         if j - i >= 3:
-            _add_joined(edges, words, i, j)
+            _add_joined(edges, words, i, j, [""] * (j - i - 1))
         i = max(j, i + 1)
     for i in range(n - 1):  # "sixty nine", "sixty-nine" -> 69
-        tens, unit = _TENS.get(words[i]), number_value(words[i + 1])
-        if tens is not None and unit is not None and 0 < unit < 10:
-            edges[i].append(Edge(i, i + 2, frozenset({str(tens + unit)})))
-    return Lattice(spans, tuple(tuple(e) for e in edges))
+        tens = _TENS.get(words[i])
+        unit = number_value(words[i + 1]) if tens is not None else None
+        if unit is not None and 0 < unit < 10:
+            edges[i].append((i + 2, frozenset({str(tens + unit)})))  # type: ignore[operator]
+    return Lattice(spans, edges)
 
 
-def _gap(folded: str, left: re.Match[str], right: re.Match[str]) -> str:
-    return folded[left.end() : right.start()]
+def _joins(gap: str) -> bool:
+    """Whether ``gap`` sits inside one spelt-out word ("s.e.x", "f**k") rather than between two."""
+    return 0 < len(gap) <= 3 and all(c in _JOINERS for c in gap)
 
 
-def _add_joined(edges: list[list[Edge]], words: list[str], start: int, end: int) -> None:
+def _stars(gap: str) -> str:
+    """What a gap adds to the joined word: masked letters ("f*ck") stay as ``*``, separators go."""
+    return gap if set(gap) == {"*"} else ""
+
+
+def _add_joined(edges: _Edges, words: list[str], start: int, end: int, glue: list[str]) -> None:
+    """Readings of words ``start`` to ``end - 1`` as one word; ``glue[k]`` goes after word start + k."""
     for first in range(start, end - 1):  # every shorter run too: "a s e x" -> "sex"
         for last in range(first + 2, min(end, first + _MAX_JOINED) + 1):
-            edges[first].append(Edge(first, last, _spellings("".join(words[first:last]))))
+            pieces = [words[first]]
+            for k in range(first + 1, last):
+                pieces += [glue[k - 1 - start], words[k]]
+            edges[first].append((last, _spellings("".join(pieces))))
 
 
 def canonical_words(phrase: str) -> tuple[str, ...]:

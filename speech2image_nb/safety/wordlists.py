@@ -32,6 +32,7 @@ _UNINFLECTED = frozenset((
     "themselves",
 ))  # fmt: skip
 _EXACT = "="  # prefixes the trie key of a word that an exact entry ("=cock") keeps as written
+_ALLOWED = "+"  # prefixes the trie key of a word of an allowed phrase
 _END = ""  # the trie key under which a node stores the categories of phrases that end there
 
 
@@ -57,6 +58,16 @@ def word_forms(word: str) -> frozenset[str]:
     return frozenset(forms)
 
 
+def _bases(word: str) -> set[str]:
+    """The words ``word`` may be an inflection of (shoots -> shoot, shooting -> shoot, shoote)."""
+    bases = {word}
+    suffixes = (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e"))
+    for suffix, back in suffixes:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            bases.add(word[: -len(suffix)] + back)
+    return bases
+
+
 @dataclass
 class Matcher:
     """Tries of refused and allowed phrases over words, and every spelling that reaches a word."""
@@ -64,6 +75,18 @@ class Matcher:
     lemmas_of: dict[str, set[str]] = field(default_factory=dict)
     refused: dict[str, object] = field(default_factory=dict)
     allowed: dict[str, object] = field(default_factory=dict)
+    _masked: dict[str, set[str]] = field(default_factory=dict, repr=False)
+
+    def lemmas(self, form: str) -> set[str] | tuple[()]:
+        """The list words ``form`` is a spelling of; each ``*`` stands for one masked letter."""
+        found = self.lemmas_of.get(form)
+        if found is not None or "*" not in form:
+            return found or ()
+        if form not in self._masked:
+            pattern = re.compile(re.escape(form).replace(r"\*", "[a-z]"))
+            hits = [f for f in self.lemmas_of if len(f) == len(form) and pattern.fullmatch(f)]
+            self._masked[form] = set().union(*(self.lemmas_of[f] for f in hits)) if hits else set()
+        return self._masked[form]
 
     def add(self, phrase: str, category: str | None, *, inflect: bool = True) -> None:
         """Add one phrase (``category`` None: allowed) in every spelling ``(a|b)`` writes."""
@@ -71,11 +94,18 @@ class Matcher:
             words = canonical_words(variant)
             if not words:
                 continue
-            # An exact entry's words get keys of their own, so that another entry's inflections
-            # ("cocker spaniel" allowed) never reach it ("=cock" refused, "cocked" not).
-            keys = words if inflect else tuple(_EXACT + word for word in words)
+            # Exact and allowed entries' words get keys of their own, so that one entry's spellings
+            # never reach another's: allowed "blue tits" reads "tit" too, refused "tits" does not.
+            prefix = _ALLOWED if category is None else "" if inflect else _EXACT
+            keys = tuple(prefix + word for word in words)
             for word, key in zip(words, keys, strict=True):
-                for form in word_forms(word) if inflect else (word,):
+                if not inflect:
+                    forms: frozenset[str] = frozenset((word,))
+                elif category is None:  # allowed "bamboo shoots" covers "a bamboo shoot" too
+                    forms = frozenset().union(*(word_forms(base) for base in _bases(word)))
+                else:
+                    forms = word_forms(word)
+                for form in forms:
                     self.lemmas_of.setdefault(form, set()).add(key)
             node = self.allowed if category is None else self.refused
             for key in keys:
