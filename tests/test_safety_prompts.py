@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import random
 import subprocess
 import sys
 import time
@@ -353,6 +355,37 @@ def test_a_session_of_prompts_takes_milliseconds():
     elapsed = time.perf_counter() - start
     print(f"\n1,000 prompts: {elapsed * 1e3:.1f} ms")
     assert elapsed < 0.5 * TIME_FACTOR
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("s.e.x." * 2000, id="a long spelt-out run"),
+        pytest.param(" ".join("abcdefghij" * 500), id="5,000 single letters"),
+        pytest.param("a" * 20000, id="one 20,000-letter word"),
+        pytest.param("f*ck " * 1000 + "*" * 5000, id="masked letters"),
+        pytest.param("\u200b".join("naked" * 1000), id="zero-width characters everywhere"),
+    ],
+)
+def test_hostile_input_stays_fast(text: str):
+    """Long and odd input (thousands of words) is checked in under a second, without error."""
+    start = time.perf_counter()
+    verdict = check_prompt(text)
+    assert time.perf_counter() - start < 1.0 * TIME_FACTOR
+    assert all(0 <= s < e <= len(text) for s, e in verdict.spans)
+    assert len(mask_text(text)) == len(text)
+
+
+def test_masking_keeps_length_on_random_text():
+    """For any text, spans lie inside it, in order, and masking keeps its length."""
+    rng = random.Random(21)
+    alphabet = "naked sex gun kill  .-*'!03@$\u200b\u0301\uff4e\u0430\u00e9\ufb01ABC\n"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        spans = check_prompt(text).spans
+        assert all(0 <= s < e <= len(text) for s, e in spans), (text, spans)
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(spans)), (text, spans)
+        assert len(mask_text(text)) == len(text)
 
 
 def test_lists_are_compiled_once_per_policy():

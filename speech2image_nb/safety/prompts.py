@@ -80,13 +80,18 @@ def mask_text(text: str, policy: Policy | None = None, mask: str = "•") -> str
 def _find(words: Lattice, matcher: Matcher, trie: dict[str, object]) -> list[tuple[int, int, set[str]]]:
     """Every phrase of ``trie`` in ``words``, as (first word, past the last word, categories)."""
     found: list[tuple[int, int, set[str]]] = []
-    lemmas = matcher.lemmas
+    lemmas_of = matcher.lemmas_of.get
     edges_from = words.edges_from
 
     def walk(start: int, at: int, node: dict[str, object]) -> None:
         for end, forms in edges_from[at]:
             for form in forms:
-                for lemma in lemmas(form):
+                lemmas = lemmas_of(form)
+                if lemmas is None:
+                    if "*" not in form:
+                        continue
+                    lemmas = matcher.lemmas(form)  # masked letters: "f*ck"
+                for lemma in lemmas:
                     child = node.get(lemma)
                     if child is None:
                         continue

@@ -167,11 +167,10 @@ def _stars(gap: str) -> str:
 def _add_joined(edges: _Edges, words: list[str], start: int, end: int, glue: list[str]) -> None:
     """Readings of words ``start`` to ``end - 1`` as one word; ``glue[k]`` goes after word start + k."""
     for first in range(start, end - 1):  # every shorter run too: "a s e x" -> "sex"
-        for last in range(first + 2, min(end, first + _MAX_JOINED) + 1):
-            pieces = [words[first]]
-            for k in range(first + 1, last):
-                pieces += [glue[k - 1 - start], words[k]]
-            edges[first].append((last, _spellings("".join(pieces))))
+        joined = words[first]
+        for last in range(first + 1, min(end, first + _MAX_JOINED)):
+            joined += glue[last - 1 - start] + words[last]
+            edges[first].append((last + 1, _spellings(joined)))
 
 
 def canonical_words(phrase: str) -> tuple[str, ...]:

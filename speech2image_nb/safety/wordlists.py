@@ -34,6 +34,7 @@ _UNINFLECTED = frozenset((
 _EXACT = "="  # prefixes the trie key of a word that an exact entry ("=cock") keeps as written
 _ALLOWED = "+"  # prefixes the trie key of a word of an allowed phrase
 _END = ""  # the trie key under which a node stores the categories of phrases that end there
+_MASKED_CACHE = 4096  # masked spellings remembered; a session of prompts has a few
 
 
 def word_forms(word: str) -> frozenset[str]:
@@ -83,6 +84,8 @@ class Matcher:
         if found is not None or "*" not in form:
             return found or ()
         if form not in self._masked:
+            if len(self._masked) >= _MASKED_CACHE:
+                self._masked.clear()
             pattern = re.compile(re.escape(form).replace(r"\*", "[a-z]"))
             hits = [f for f in self.lemmas_of if len(f) == len(form) and pattern.fullmatch(f)]
             self._masked[form] = set().union(*(self.lemmas_of[f] for f in hits)) if hits else set()
