@@ -5,7 +5,8 @@
   nude, and the refusal rate per I2P category. I2P labels the images Stable Diffusion made, not the
   wording, so many of its prompts read as harmless: these rates are not a recall a word filter can
   reach (see the data's README).
-- Time per prompt, after the word lists are compiled (their compile time is printed apart).
+- Time per prompt over the COCO captions (best of three passes), after the word lists are
+  compiled (their compile time, on the first check, is printed apart).
 
 The CSVs are not in the repository: pass their paths, or keep ``shared/data/safety/`` beside the
 repository's folder (or one folder higher).
@@ -72,7 +73,7 @@ def main() -> None:
     print(
         "| level | COCO false refusals | I2P sexual, nudity >= 50 % | I2P all | "
         + " | ".join(f"I2P {name}" for name in sorted(by_category))
-        + " | time a prompt | compile |"
+        + " | time a prompt (best of 3) | compile |"
     )
     print("|---" * (6 + len(by_category)) + "|")
     details = []
@@ -81,9 +82,12 @@ def main() -> None:
         start = time.perf_counter()
         matcher_for(policy.level, policy.blocked, policy.allowed)
         compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        refused = [text for text in coco if not check_prompt(text, policy).allowed]
-        per_prompt = (time.perf_counter() - start) / len(coco)
+        passes = []
+        for _ in range(3):  # the best of three: the machine may be shared
+            start = time.perf_counter()
+            refused = [text for text in coco if not check_prompt(text, policy).allowed]
+            passes.append((time.perf_counter() - start) / len(coco))
+        per_prompt = min(passes)
         false_rate = len(refused) / len(coco)
         nude_rate = sum(not check_prompt(t, policy).allowed for t in nude) / len(nude)
         all_rate = sum(not check_prompt(row["prompt"], policy).allowed for row in i2p) / len(i2p)

@@ -105,6 +105,7 @@ def test_unknown_level_is_a_config_error_saying_what_to_use():
         pytest.param("the boys are killing the dragon", id="inflection -ing"),
         pytest.param("the knight killed a man", id="inflection -ed"),
         pytest.param("he stabbed the giant", id="inflection with doubled consonant"),
+        pytest.param("a man murdering a dragon", id="inflection of a two-syllable word"),
         pytest.param("a crowd of nudists", id="plural of a listed word"),
         pytest.param("the killer's mask", id="possessive"),
         pytest.param("covered in blood", id="phrase"),
@@ -261,6 +262,13 @@ def test_teachers_allowed_word_passes_and_wins_over_the_lists():
     assert check_prompt("a naked mole rat", policy).allowed
     assert not check_prompt("a naked man", policy).allowed
     assert check_prompt("a spider", Policy(blocked=("spider",), allowed=("spider",))).allowed
+
+
+def test_policy_words_may_be_given_as_a_list_or_a_string():
+    """Policy(blocked=[...]) and Policy(blocked="a, b") work as tuples do."""
+    assert Policy(blocked=["spider"]).blocked == ("spider",)  # type: ignore[arg-type]
+    assert Policy(blocked="spider, ghost").blocked == ("spider", "ghost")  # type: ignore[arg-type]
+    assert check_prompt("a ghost", Policy(blocked=["ghost"])).category == "custom"  # type: ignore[arg-type]
 
 
 def test_word_file_reads_blocked_allowed_and_comments(tmp_path: Path):

@@ -58,6 +58,10 @@ class Policy:
             raise ConfigError(
                 f"Unknown safety level {self.level!r} (S2I_SAFETY): use one of {', '.join(LEVELS)}."
             )
+        # Lists or a comma-separated string become tuples, so that a policy stays hashable (the
+        # compiled word lists are cached per policy) and "spider" is one word, not six letters.
+        object.__setattr__(self, "blocked", tuple(_words(self.blocked)))
+        object.__setattr__(self, "allowed", tuple(_words(self.allowed)))
 
     @property
     def enabled(self) -> bool:

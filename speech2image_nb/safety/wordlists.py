@@ -25,6 +25,7 @@ _PRIORITY = {name: rank for rank, name in enumerate((*CATEGORIES, CUSTOM))}
 _LEVELS_IN = {"standard": ("standard",), "strict": ("standard", "strict")}
 _ALTERNATIVES = re.compile(r"\(([^()]*)\)")
 _VOWELS = frozenset("aeiou")
+_VOWEL_GROUPS = re.compile(r"[aeiouy]+")
 # Words a phrase keeps as written ("kill all jews": "all" is not inflected).
 _UNINFLECTED = frozenset((
     "a", "an", "the", "my", "your", "his", "her", "their", "our", "its", "all", "of", "in", "on", "at", "to",
@@ -42,21 +43,25 @@ def word_forms(word: str) -> frozenset[str]:
     forms = {word}
     if word in _UNINFLECTED or len(word) < 3 or not word.isalpha():
         return frozenset(forms)
-    sibilant = word.endswith(("s", "x", "z", "ch", "sh"))
-    forms.add(word + "es" if sibilant else word + "s")  # never "bras" -> "brass", "spic" -> "spices"
-    if word.endswith("y") and word[-2] not in _VOWELS:
-        forms |= {word[:-1] + "ies", word[:-1] + "ied"}
-    if word.endswith("e"):
-        forms |= {word + "d", word[:-1] + "ing"}
-    elif word[-1] not in _VOWELS | {"w", "x", "y"} and word[-2] in _VOWELS and word[-3] not in _VOWELS:
-        forms |= {word + word[-1] + "ing", word + word[-1] + "ed"}  # stab -> stabbing, never "stabing"
-    else:
-        forms |= {word + "ed", word + "ing"}
+    if word.endswith("y") and word[-2] not in _VOWELS:  # bloody -> bloodies, bloodied, bloodying
+        forms |= {word[:-1] + "ies", word[:-1] + "ied", word + "ing"}
+    elif word.endswith("e"):  # rape -> rapes, raped, raping
+        forms |= {word + "s", word + "d", word[:-1] + "ing"}
+    else:  # never "bras" -> "brass", "spic" -> "spices", "strip" -> "striped"
+        plural = word + "es" if word.endswith(("s", "x", "z", "ch", "sh")) else word + "s"
+        stem = word + word[-1] if _doubles_last_letter(word) else word
+        forms |= {plural, stem + "ed", stem + "ing"}
     if word.endswith("fe"):
         forms.add(word[:-2] + "ves")  # knife -> knives
     elif word.endswith("f"):
         forms.add(word[:-1] + "ves")
     return frozenset(forms)
+
+
+def _doubles_last_letter(word: str) -> bool:
+    """One syllable ending consonant-vowel-consonant: stab -> stabbed; murder -> murdered does not."""
+    ends_cvc = word[-1] not in _VOWELS | {"w", "x", "y"} and word[-2] in _VOWELS and word[-3] not in _VOWELS
+    return ends_cvc and len(_VOWEL_GROUPS.findall(word)) == 1
 
 
 def _bases(word: str) -> set[str]:
