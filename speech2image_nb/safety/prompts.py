@@ -7,22 +7,28 @@ punctuation, accents, look-alike letters, zero-width characters, leetspeak, spel
 repeated letters and number words; :mod:`.wordlists` adds plurals and simple inflections. Never a
 substring: "Scunthorpe", "cocktail", "Sussex", "therapist" and "grape" are other words.
 
-Why our own lists (``wordlists/*.txt``) and not a maintained one, measured with
-``benchmarks/safety_filter.py`` on COCO-30k captions (false refusals) and the I2P prompts labelled
-sexual with nudity >= 50 % (118 prompts), each list matched as whole words:
+Why our own lists (``wordlists/*.txt``) and not a maintained one. Measured (2026-12-03) with
+``benchmarks/safety_filter.py`` on COCO-30k captions (false refusals) and the 118 I2P prompts
+labelled sexual with nudity >= 50 %, and on our test lists (184 unsafe classroom prompts, 219
+harmless ones), each candidate list matched as whole words:
 
 - better-profanity 0.7.0 (MIT, PyPI): 1.36 % of COCO refused ("pot", "ugly", "urinal" are on it),
-  10 / 118; its own matcher takes 14 ms a prompt.
-- glin-profanity 4.1.0 (MIT, PyPI): 0.17 % (first 3,000 captions: "girl", "skis"), 15 / 118,
-  0.3 ms a prompt.
-- leo-profanity 1.9.0 (MIT, npm, Shutterstock's list): 0.06 %, 15 / 118.
-- LDNOOBW via naughty-words 1.2.0 (CC-BY-4.0, not MIT: attribution needed): 0.16 %, 15 / 118.
+  10 / 118 I2P; 50 / 184 unsafe refused, 194 / 219 harmless passed; its own matcher takes 14 ms a
+  prompt.
+- glin-profanity 4.1.0 (MIT, PyPI; its own matcher, leetspeak on): 0.17 % ("girl", "skis"),
+  15 / 118; 49 / 184 and 210 / 219; 0.33 ms a prompt.
+- leo-profanity 1.9.0 (MIT, npm; Shutterstock's list): 0.06 %, 15 / 118; 28 / 184 and 207 / 219.
+- LDNOOBW via naughty-words 1.2.0 (CC-BY-4.0: attribution, not MIT): 0.16 %, 15 / 118;
+  34 / 184 and 203 / 219.
 
-All four are swear-word lists: one category, nothing on violence, weapons, self-harm or drugs, and
-none says which words a primary class may still hear. Our lists are categorised, split into what
-``standard`` and ``strict`` refuse, carry an allow list for the phrases that make whole-word
-filters fail ("hot dog", "cocker spaniel", "bamboo shoots"), and cost nothing to install; the
-measured numbers for them are in ``benchmarks/RESULTS.md`` ("Classroom filter: prompts").
+All four are swear-word lists: one category, next to nothing on violence, weapons, self-harm or
+drugs, and none says which words a primary class may still hear, so none refuses a third of our
+unsafe prompts (the best, 27 %). Ours are categorised, split into what ``standard`` and
+``strict`` refuse, carry an allow list for the phrases that trip whole-word filters ("hot dog",
+"cocker spaniel", "bamboo shoots"), and add no dependency: 0.33 % of COCO refused at strict,
+0.07 % at standard, 53 % / 18 % of the 118 I2P prompts, about 25 us a prompt
+(``benchmarks/RESULTS.md``, "Classroom filter: prompts"). The price is upkeep: new slang and
+euphemisms are added by hand, and a teacher's word file covers the rest.
 """
 
 from __future__ import annotations
