@@ -9,17 +9,17 @@ substring: "Scunthorpe", "cocktail", "Sussex", "therapist" and "grape" are other
 
 Why our own lists (``wordlists/*.txt``) and not a maintained one. Measured (2026-12-03) with
 ``benchmarks/safety_filter.py`` on COCO-30k captions (false refusals) and the 118 I2P prompts
-labelled sexual with nudity >= 50 %, and on our test lists (184 unsafe classroom prompts, 219
+labelled sexual with nudity >= 50 %, and on our test lists (184 unsafe classroom prompts, 220
 harmless ones), each candidate list matched as whole words:
 
 - better-profanity 0.7.0 (MIT, PyPI): 1.36 % of COCO refused ("pot", "ugly", "urinal" are on it),
-  10 / 118 I2P; 50 / 184 unsafe refused, 194 / 219 harmless passed; its own matcher takes 14 ms a
+  10 / 118 I2P; 50 / 184 unsafe refused, 194 / 220 harmless passed; its own matcher takes 14 ms a
   prompt.
 - glin-profanity 4.1.0 (MIT, PyPI; its own matcher, leetspeak on): 0.17 % ("girl", "skis"),
-  15 / 118; 49 / 184 and 210 / 219; 0.33 ms a prompt.
-- leo-profanity 1.9.0 (MIT, npm; Shutterstock's list): 0.06 %, 15 / 118; 28 / 184 and 207 / 219.
+  15 / 118; 49 / 184 and 211 / 220; 0.33 ms a prompt.
+- leo-profanity 1.9.0 (MIT, npm; Shutterstock's list): 0.06 %, 15 / 118; 28 / 184 and 208 / 220.
 - LDNOOBW via naughty-words 1.2.0 (CC-BY-4.0: attribution, not MIT): 0.16 %, 15 / 118;
-  34 / 184 and 203 / 219.
+  34 / 184 and 204 / 220.
 
 All four are swear-word lists: one category, next to nothing on violence, weapons, self-harm or
 drugs, and none says which words a primary class may still hear, so none refuses a third of our
