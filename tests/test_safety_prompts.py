@@ -124,6 +124,7 @@ def test_unknown_level_is_a_config_error_saying_what_to_use():
         pytest.param("s-e-x", id="hyphens between letters"),
         pytest.param("s_e_x", id="underscores between letters"),
         pytest.param("a s e x scene", id="spaces between letters"),
+        pytest.param("N. A. K. E. D.", id="dots and spaces between letters"),
         pytest.param("na-ked", id="hyphen inside the word"),
         pytest.param("f*ck", id="masked letter"),
         pytest.param("b**bs", id="masked letters"),

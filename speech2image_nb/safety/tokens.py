@@ -139,9 +139,9 @@ def lattice(text: str) -> Lattice:
             _add_joined(edges, words, i, j + 1, [_stars(g) for g in gaps[i:j]])
         i = j + 1
     i = 0
-    while i < n:  # letters spelt out with spaces: "s e x" (three letters or more)
+    while i < n:  # letters spelt out with spaces: "s e x", "s. e. x." (three letters or more)
         j = i
-        while j < n and len(words[j]) == 1 and (j == i or gaps[j - 1] == " "):
+        while j < n and len(words[j]) == 1 and (j == i or _spaced(gaps[j - 1])):
             j += 1
         if j - i >= 3:
             _add_joined(edges, words, i, j, [""] * (j - i - 1))
@@ -157,6 +157,11 @@ def lattice(text: str) -> Lattice:
 def _joins(gap: str) -> bool:
     """Whether ``gap`` sits inside one spelt-out word ("s.e.x", "f**k") rather than between two."""
     return 0 < len(gap) <= 3 and all(c in _JOINERS for c in gap)
+
+
+def _spaced(gap: str) -> bool:
+    """Whether ``gap`` is a space between spelt-out letters, maybe with a separator: " ", ". "."""
+    return " " in gap and len(gap) <= 3 and all(c == " " or c in _JOINERS for c in gap)
 
 
 def _stars(gap: str) -> str:

@@ -88,13 +88,14 @@ class Matcher:
         found = self.lemmas_of.get(form)
         if found is not None or "*" not in form:
             return found or ()
-        if form not in self._masked:
+        known = self._masked.get(form)
+        if known is None:
             if len(self._masked) >= _MASKED_CACHE:
                 self._masked.clear()
             pattern = re.compile(re.escape(form).replace(r"\*", "[a-z]"))
             hits = [f for f in self.lemmas_of if len(f) == len(form) and pattern.fullmatch(f)]
-            self._masked[form] = set().union(*(self.lemmas_of[f] for f in hits)) if hits else set()
-        return self._masked[form]
+            known = self._masked[form] = set().union(*(self.lemmas_of[f] for f in hits))
+        return known
 
     def add(self, phrase: str, category: str | None, *, inflect: bool = True) -> None:
         """Add one phrase (``category`` None: allowed) in every spelling ``(a|b)`` writes."""
