@@ -251,6 +251,14 @@ def test_teachers_blocked_word_is_refused_as_custom():
     assert check_prompt("a spiderman costume", policy).allowed
 
 
+def test_teachers_number_matches_as_digits_or_words():
+    """A teacher's blocked number refuses it written either way: "sixty nine" and "69"."""
+    for blocked in ("sixty nine", "69", "sixty-nine"):
+        policy = Policy(blocked=(blocked,))
+        for text in ("room 69", "sixty nine balloons", "sixty-nine", "six nine"):
+            assert check_prompt(text, policy).allowed is (text == "six nine"), (blocked, text)
+
+
 def test_teachers_blocked_word_keeps_the_built_in_category_when_listed():
     """A built-in word a teacher also blocks reports its built-in category."""
     assert check_prompt("a naked man", Policy(blocked=("naked",))).category == "sexual"

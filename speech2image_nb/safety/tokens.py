@@ -179,11 +179,18 @@ def _add_joined(edges: _Edges, words: list[str], start: int, end: int, glue: lis
 
 
 def canonical_words(phrase: str) -> tuple[str, ...]:
-    """A word-list entry as the matcher stores it: folded words, number words as digits."""
+    """A word-list entry as the matcher stores it: folded words, number words as digits (69 for
+    "sixty nine", as the lattice reads them)."""
     folded, _ = _fold(phrase)
-    out = []
+    out: list[str] = []
+    tens = None
     for m in _WORD.finditer(folded):
         word = m.group().replace("'", "")
         value = number_value(word)
+        if tens is not None and value is not None and 0 < value < 10:
+            out[-1] = str(tens + value)
+            tens = None
+            continue
+        tens = _TENS.get(word)
         out.append(str(value) if value is not None else word)
     return tuple(out)
