@@ -37,7 +37,7 @@ import dataclasses
 
 from .policy import Policy, warn_off_once
 from .tokens import Lattice, lattice
-from .wordlists import Matcher, matcher_for, most_serious
+from .wordlists import END, Matcher, Trie, matcher_for, most_serious
 
 __all__ = ["PromptVerdict", "check_prompt", "mask_text"]
 
@@ -83,13 +83,13 @@ def mask_text(text: str, policy: Policy | None = None, mask: str = "•") -> str
     return out
 
 
-def _find(words: Lattice, matcher: Matcher, trie: dict[str, object]) -> list[tuple[int, int, set[str]]]:
+def _find(words: Lattice, matcher: Matcher, trie: Trie) -> list[tuple[int, int, set[str]]]:
     """Every phrase of ``trie`` in ``words``, as (first word, past the last word, categories)."""
     found: list[tuple[int, int, set[str]]] = []
     lemmas_of = matcher.lemmas_of.get
     edges_from = words.edges_from
 
-    def walk(start: int, at: int, node: dict[str, object]) -> None:
+    def walk(start: int, at: int, node: Trie) -> None:
         for end, forms in edges_from[at]:
             for form in forms:
                 lemmas = lemmas_of(form)
@@ -101,11 +101,11 @@ def _find(words: Lattice, matcher: Matcher, trie: dict[str, object]) -> list[tup
                     child = node.get(lemma)
                     if child is None:
                         continue
-                    ends = child.get("")  # type: ignore[attr-defined]
+                    ends = child.get(END)
                     if ends:
                         found.append((start, end, ends))
                     if end < len(edges_from):
-                        walk(start, end, child)  # type: ignore[arg-type]
+                        walk(start, end, child)
 
     for start in range(len(edges_from)):
         walk(start, start, trie)

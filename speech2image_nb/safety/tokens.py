@@ -148,9 +148,9 @@ def lattice(text: str) -> Lattice:
         i = max(j, i + 1)
     for i in range(n - 1):  # "sixty nine", "sixty-nine" -> 69
         tens = _TENS.get(words[i])
-        unit = number_value(words[i + 1]) if tens is not None else None
-        if unit is not None and 0 < unit < 10:
-            edges[i].append((i + 2, frozenset({str(tens + unit)})))  # type: ignore[operator]
+        unit = number_value(words[i + 1])
+        if tens is not None and unit is not None and 0 < unit < 10:
+            edges[i].append((i + 2, frozenset({str(tens + unit)})))
     return Lattice(spans, edges)
 
 

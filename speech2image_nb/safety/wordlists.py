@@ -12,10 +12,11 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from .tokens import canonical_words
 
-__all__ = ["CATEGORIES", "Matcher", "matcher_for", "word_forms"]
+__all__ = ["CATEGORIES", "END", "Matcher", "Trie", "matcher_for", "word_forms"]
 
 #: Built-in categories, most serious first: a prompt refused for several reports the first.
 CATEGORIES = ("sexual", "self_harm", "hate", "violence", "weapons", "drugs", "profanity")
@@ -34,7 +35,10 @@ _UNINFLECTED = frozenset((
 ))  # fmt: skip
 _EXACT = "="  # prefixes the trie key of a word that an exact entry ("=cock") keeps as written
 _ALLOWED = "+"  # prefixes the trie key of a word of an allowed phrase
-_END = ""  # the trie key under which a node stores the categories of phrases that end there
+#: The key under which a trie node keeps the categories of the phrases that end there (None: allowed).
+END = ""
+#: Phrases as nested dicts, one level a word: {"kill": {"all": {"jews": {END: {"hate"}}}}}.
+Trie = dict[str, Any]
 _MASKED_CACHE = 4096  # masked spellings remembered; a session of prompts has a few
 
 
@@ -79,15 +83,15 @@ class Matcher:
     """Tries of refused and allowed phrases over words, and every spelling that reaches a word."""
 
     lemmas_of: dict[str, set[str]] = field(default_factory=dict)
-    refused: dict[str, object] = field(default_factory=dict)
-    allowed: dict[str, object] = field(default_factory=dict)
+    refused: Trie = field(default_factory=dict)
+    allowed: Trie = field(default_factory=dict)
     _masked: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
-    def lemmas(self, form: str) -> set[str] | tuple[()]:
+    def lemmas(self, form: str) -> set[str]:
         """The list words ``form`` is a spelling of; each ``*`` stands for one masked letter."""
         found = self.lemmas_of.get(form)
         if found is not None or "*" not in form:
-            return found or ()
+            return found or set()
         known = self._masked.get(form)
         if known is None:
             if len(self._masked) >= _MASKED_CACHE:
@@ -118,8 +122,8 @@ class Matcher:
                     self.lemmas_of.setdefault(form, set()).add(key)
             node = self.allowed if category is None else self.refused
             for key in keys:
-                node = node.setdefault(key, {})  # type: ignore[assignment]
-            node.setdefault(_END, set()).add(category)  # type: ignore[union-attr, attr-defined]
+                node = node.setdefault(key, {})
+            node.setdefault(END, set()).add(category)
 
 
 def _expand(phrase: str) -> list[str]:
