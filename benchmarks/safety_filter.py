@@ -40,7 +40,8 @@ def _default(name: str) -> Path | None:
 
 def _rows(path: Path | None, what: str) -> list[dict[str, str]]:
     if path is None or not path.exists():
-        sys.exit(f"No {what} CSV found: pass its path with --{what.lower()} PATH.")
+        where = f" at {path}" if path else " beside the repository (shared/data/safety/)"
+        sys.exit(f"No {what} CSV{where}: pass its path with --{what.lower()} PATH.")
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 

@@ -44,6 +44,8 @@ __all__ = ["PromptVerdict", "check_prompt", "mask_text"]
 
 @dataclasses.dataclass(frozen=True)
 class PromptVerdict:
+    """What the prompt check decided: allowed or not, the category, and where the refused words are."""
+
     allowed: bool
     #: ``sexual``, ``self_harm``, ``hate``, ``violence``, ``weapons``, ``drugs``, ``profanity``,
     #: ``custom`` (a teacher's word); None if allowed
