@@ -14,6 +14,7 @@ from speech2image_nb.images.client import DoneEvent, ImageEvent
 from speech2image_nb.safety import LEVELS, Policy
 from speech2image_nb.safety import policy as policy_module
 from speech2image_nb.speech.base import TranscriptEvent
+from speech2image_nb.ui.controller import Controller
 from speech2image_nb.ui.panel import Panel, app
 from speech2image_nb.ui.safety import PromptScreen, refusal_line, withheld_line
 from speech2image_nb.ui.session import PanelSession, TranscriptChanged
@@ -191,6 +192,28 @@ def test_an_uploaded_refused_recording_is_logged_as_an_upload():
         assert session.wait_idle(5) and client.prompts == []
     finally:
         session.close()
+
+
+def test_the_controller_never_queues_a_refused_sentence_and_drops_one_refused_later():
+    """Rules: a refused final is not queued nor the prompt; a refused later final unqueues its turn."""
+    c = Controller()
+    c.hands_free = True
+    c.begin_recording()
+    running = c.on_transcript(TranscriptEvent("final", "a red fox", 0), image_count=1, seed=None)[1]
+    assert running is not None
+    assert c.on_transcript(TranscriptEvent("final", REFUSED, 1), image_count=1, seed=None, refused=True) == (
+        None,
+        None,
+    )
+    c.on_transcript(TranscriptEvent("final", "a blue bird", 2), image_count=1, seed=None)
+    c.on_transcript(TranscriptEvent("final", "a lark", 3), image_count=1, seed=None)
+    assert [r.prompt for r in c.queued] == ["a blue bird", "a lark"]
+    late = TranscriptEvent("final", "A blue bird, gore.", 2, is_formatted=True)
+    assert c.on_transcript(late, image_count=1, seed=None, refused=True) == (None, None)
+    assert [r.prompt for r in c.queued] == ["a lark"]
+    c.hands_free = False
+    assert c.transcript.session_text() == "a red fox a lark"  # refused sentences left out of the prompt
+    assert "gore" not in c.transcript.to_html(lambda text: text.replace("gore", "••••"))
 
 
 # --- what the server says ----------------------------------------------------------------------
@@ -383,7 +406,9 @@ def test_the_embedded_server_starts_with_the_panels_filter(monkeypatch):
 def test_the_screen_masks_only_when_asked_and_caches():
     """PromptScreen.mask: refused words become bullets; off or unmasked, the text is unchanged."""
     screen = PromptScreen(Policy())
-    assert screen.mask(REFUSED) == "a knight covered in ••••" and screen.mask(REFUSED) is screen.mask(REFUSED)
+    masked = screen.mask(REFUSED)
+    assert masked.startswith("a knight") and masked.endswith("••••") and "gore" not in masked
+    assert screen.mask(REFUSED) is masked  # cached: the transcript is redrawn on every word
     assert PromptScreen(Policy(), mask_transcript=False).mask(REFUSED) == REFUSED
     assert PromptScreen(Policy(level="off")).mask(REFUSED) == REFUSED
     assert screen.allows("a red fox") and not screen.allows(REFUSED) and len(screen.log) == 0
