@@ -557,7 +557,7 @@ class PanelSession:
     async def _transcribe_take(self, pcm: bytes, *, source: str) -> None:
         """Transcribe a whole take (recorders that deliver audio only after stop, uploads).
 
-        ``source`` names it in the teacher's log when hands-free would draw a refused sentence.
+        ``source`` is where the teacher's log puts a refused sentence of it (an upload, a take).
         """
         from ..audio import to_wav_bytes
         from ..speech.base import TranscriptEvent
