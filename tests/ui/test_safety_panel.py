@@ -18,6 +18,7 @@ from speech2image_nb.ui.controller import Controller
 from speech2image_nb.ui.panel import Panel, app
 from speech2image_nb.ui.safety import PromptScreen, refusal_line, withheld_line
 from speech2image_nb.ui.session import PanelSession, TranscriptChanged
+from speech2image_nb.ui.upload import UploadedFile
 from tests.conftest import DATA_DIR
 from tests.ui.conftest import wait_until
 from tests.ui.fakes import FakeClient, FakeImageService, FakeRecorder, ScriptedTranscriber
@@ -177,7 +178,7 @@ def test_partials_and_finals_are_masked_and_masking_can_be_turned_off():
 
 
 def test_an_uploaded_refused_recording_is_logged_as_an_upload():
-    """An upload whose sentence is refused: its own place in the log, nothing drawn."""
+    """An uploaded recording whose sentence is refused, hands-free: its own place in the log, not drawn."""
     client = FakeClient()
     session = PanelSession(
         settings(),
@@ -187,8 +188,9 @@ def test_an_uploaded_refused_recording_is_logged_as_an_upload():
     )
     try:
         session.controller.hands_free = True
-        session._apply_transcript(TranscriptEvent("final", REFUSED, 0), source="panel:upload")
-        assert [e.where for e in session.refusals.entries] == ["panel:upload"]
+        session.upload(UploadedFile("knight.wav", FOX.read_bytes(), "audio/wav"))
+        assert wait_until(lambda: session.refusals.entries)
+        assert [(e.where, e.category) for e in session.refusals.entries] == [("panel:upload", "violence")]
         assert session.wait_idle(5) and client.prompts == []
     finally:
         session.close()
