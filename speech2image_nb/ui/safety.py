@@ -17,9 +17,11 @@ import threading
 from ..safety import Policy, RefusalLog, check_prompt, mask_text
 
 __all__ = [
+    "PICTURE_CATEGORY",
     "WHERE_HANDS_FREE",
     "WHERE_PANEL",
     "WHERE_SERVER",
+    "WHERE_SERVER_IMAGE",
     "WHERE_SPEECH",
     "WHERE_UPLOAD",
     "PromptScreen",
@@ -35,14 +37,17 @@ WHERE_HANDS_FREE = "panel:hands-free"  # a finished sentence that hands-free wou
 WHERE_SPEECH = "panel:speech"  # a finished sentence that would have gone into the prompt box
 WHERE_UPLOAD = "panel:upload"  # the sentence of an uploaded recording
 WHERE_SERVER = "server"  # the image server's own filter refused the prompt
+WHERE_SERVER_IMAGE = "server:image"  # the image server withheld a picture (as its own log says)
+PICTURE_CATEGORY = "picture"  # the category of a withheld picture (the server's name for it)
 
-#: How the line names each category (the matcher's names; any other is shown as it is).
+#: How the line names each category (the server's words for them, so that both say the same).
 _CATEGORY_WORDS = {
     "sexual": "sexual content",
-    "violence": "violence",
-    "self_harm": "self-harm",
-    "drugs": "drugs",
-    "hate": "hateful words",
+    "violence": "violent content",
+    "self_harm": "content about self-harm",
+    "drugs": "content about drugs",
+    "hate": "hateful content",
+    "weapons": "content about weapons",
     "custom": "a word the teacher blocked",
 }
 _CHANGE = "Change the prompt, or the teacher can change the filter."
@@ -57,7 +62,7 @@ def refusal_line(category: str | None) -> str:
     """
     if not category:
         return f"Not drawn: the classroom filter refused this prompt. {_CHANGE}"
-    what = _CATEGORY_WORDS.get(category, category.replace("_", " "))
+    what = _CATEGORY_WORDS.get(category, f"{category.replace('_', ' ')} content")
     return f"Not drawn: the classroom filter refuses {what}. {_CHANGE}"
 
 

@@ -54,9 +54,11 @@ from ..frontend import VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend
 from ..images.protocol import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
 from .controller import Controller, GenerationRequest, HistoryEntry, describe_error, seed_of
 from .safety import (
+    PICTURE_CATEGORY,
     WHERE_HANDS_FREE,
     WHERE_PANEL,
     WHERE_SERVER,
+    WHERE_SERVER_IMAGE,
     WHERE_SPEECH,
     WHERE_UPLOAD,
     PromptScreen,
@@ -683,16 +685,17 @@ class PanelSession:
                         self._show_grid(self._grid.with_preview(preview))
                 case ImageEvent(index=index, image=image):
                     self._show_grid(self._grid.with_image(index, image))
-                    if getattr(event, "withheld", False) is True:
+                    if getattr(event, "withheld", False) is True:  # the tile is the server's placeholder
                         withheld.add(index)
                 case DoneEvent(seed=done_seed, engine=done_engine):
                     seed, engine = seed_of(done_seed), done_engine or ""
-                    withheld.update(_indices(getattr(event, "withheld", ())))
         images = self._grid.final_images()
         if not images:
             raise BadServerResponse("The image server finished without sending an image: try again.")
         entry = HistoryEntry(request.id, request.prompt, seed, images, engine)
         self._show_grid(dataclasses.replace(self._grid, entry=entry))
+        for _index in sorted(withheld):  # the teacher's log has them too, whichever server it was
+            self._screen.record(WHERE_SERVER_IMAGE, PICTURE_CATEGORY, request.prompt)
         self._set_status(activity=withheld_line(len(withheld)) if withheld else "")
         return entry
 
@@ -768,10 +771,3 @@ class PanelSession:
             self._images.close()
         except Exception:
             logger.debug("closing the image service failed", exc_info=True)
-
-
-def _indices(value: Any) -> set[int]:
-    """Image indices from a server's ``withheld`` field (anything else counts as none)."""
-    if not isinstance(value, (list, tuple, set, frozenset)):
-        return set()
-    return {i for i in value if isinstance(i, int) and not isinstance(i, bool)}

@@ -10,7 +10,7 @@ import pytest
 from speech2image_nb import errors
 from speech2image_nb.config import ENV_VARS, SAFETY_LEVELS, Settings
 from speech2image_nb.images import service
-from speech2image_nb.images.client import DoneEvent, ImageEvent
+from speech2image_nb.images.client import ImageEvent
 from speech2image_nb.safety import LEVELS, Policy
 from speech2image_nb.safety import policy as policy_module
 from speech2image_nb.speech.base import TranscriptEvent
@@ -26,7 +26,7 @@ from tests.ui.fakes import FakeClient, FakeImageService, FakeRecorder, ScriptedT
 FOX = DATA_DIR / "piper_01.wav"
 REFUSED = "a knight covered in gore"  # refused for violence by every level but off
 VIOLENCE_LINE = (
-    "Not drawn: the classroom filter refuses violence. "
+    "Not drawn: the classroom filter refuses violent content. "
     "Change the prompt, or the teacher can change the filter."
 )
 
@@ -36,17 +36,17 @@ def settings(**overrides) -> Settings:
 
 
 def make_blocked(category: str) -> Exception:
-    """What the client raises for the server's 422 ``prompt_blocked``."""
+    """What the client raises for a 422 ``prompt_blocked``: ``PromptBlocked(category, message)``."""
     cls = getattr(errors, "PromptBlocked", None)
     if cls is None:  # the client's own class is not on this branch yet: a stand-in of that name
 
-        class PromptBlocked(errors.ImageServerError):
-            def __init__(self, message: str, *, category: str) -> None:
-                super().__init__(message)
+        class PromptBlocked(errors.Speech2ImageError):
+            def __init__(self, category: str | None, message: str | None = None) -> None:
+                super().__init__(message or "This prompt was not drawn: the classroom filter refused it.")
                 self.category = category
 
         cls = PromptBlocked
-    return cls("The image server's classroom filter refused the prompt (violence).", category=category)
+    return cls(category)
 
 
 class BlockingClient(FakeClient):
@@ -65,27 +65,22 @@ class BlockingClient(FakeClient):
 
 @dataclasses.dataclass(frozen=True)
 class WithheldImage(ImageEvent):
+    """An image event with the stream's ``withheld`` flag (the protocol's own field, once it has it)."""
+
     withheld: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class WithheldDone(DoneEvent):
-    withheld: tuple[int, ...] = ()
 
 
 class WithholdingClient(FakeClient):
     """A server whose picture check replaced some tiles by its placeholder and says which."""
 
-    def __init__(self, *, flagged: tuple[int, ...], on_done: bool) -> None:
+    def __init__(self, *, flagged: tuple[int, ...]) -> None:
         super().__init__()
-        self.flagged, self.on_done = flagged, on_done
+        self.flagged = flagged
 
     def generate_stream(self, text, *, num_images=1, seed=None, **options):
         for event in super().generate_stream(text, num_images=num_images, seed=seed, **options):
-            if isinstance(event, ImageEvent) and not self.on_done:
+            if isinstance(event, ImageEvent):
                 yield WithheldImage(event.index, event.image, withheld=event.index in self.flagged)
-            elif isinstance(event, DoneEvent) and self.on_done:
-                yield WithheldDone(event.seed, event.timings, event.engine, withheld=self.flagged)
             else:
                 yield event
 
@@ -112,7 +107,8 @@ def test_a_refused_prompt_never_reaches_the_server_and_stays_in_the_prompt_box(m
 def test_the_line_names_the_category_never_the_words():
     """Each category has its neutral words; none repeats the prompt."""
     assert refusal_line("violence") == VIOLENCE_LINE
-    assert "sexual content" in refusal_line("sexual") and "self-harm" in refusal_line("self_harm")
+    assert "sexual content" in refusal_line("sexual") and "about self-harm" in refusal_line("self_harm")
+    assert "refuses gambling content." in refusal_line("gambling")  # a category added later
     assert "a word the teacher blocked" in refusal_line("custom")
     assert "refused this prompt" in refusal_line(None)
     assert withheld_line(1) == "1 picture was not shown (classroom filter)."
@@ -247,15 +243,21 @@ def test_a_server_refusal_shows_the_same_line_and_keeps_the_grid(make_panel, err
     assert panel.wait_idle(10) and client.prompts[-1] == "a blue bird"
 
 
-@pytest.mark.parametrize(("flagged", "on_done"), [((1,), True), ((0, 2), False)])
-def test_pictures_the_server_withheld_are_counted_in_one_line(make_panel, flagged, on_done):
-    """Tiles the server replaced by its placeholder: 'N picture(s) were not shown (classroom filter).'"""
-    panel = make_panel(image_service=FakeImageService(WithholdingClient(flagged=flagged, on_done=on_done)))
+@pytest.mark.parametrize("flagged", [(1,), (0, 2)])
+def test_pictures_the_server_withheld_are_counted_in_one_line_and_logged(make_panel, flagged):
+    """Tiles the server replaced by its placeholder: one status line counting them, and the log."""
+    client = WithholdingClient(flagged=flagged)
+    panel = make_panel(image_service=FakeImageService(client))
     panel.image_count_slider.value = 3
     panel.generate("a red fox")
-    assert panel.wait_idle(10) and len(panel.images) == 3
+    assert panel.wait_idle(10) and len(panel.images) == 3  # the placeholders are the server's tiles
     assert withheld_line(len(flagged)) in panel.status_html.value
     assert panel.error_text == ""
+    entries = [(e.where, e.category, e.text) for e in panel.refusals.entries]
+    assert entries == [("server:image", "picture", None)] * len(flagged)
+    client.flagged = ()
+    panel.generate("a blue bird")  # a next generation with nothing withheld: the line is gone
+    assert panel.wait_idle(10) and "not shown" not in panel.status_html.value
 
 
 # --- the teacher's settings and log ------------------------------------------------------------
