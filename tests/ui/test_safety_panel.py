@@ -416,3 +416,35 @@ def test_the_screen_masks_only_when_asked_and_caches():
     assert PromptScreen(Policy(), mask_transcript=False).mask(REFUSED) == REFUSED
     assert PromptScreen(Policy(level="off")).mask(REFUSED) == REFUSED
     assert screen.allows("a red fox") and not screen.allows(REFUSED) and len(screen.log) == 0
+
+
+class FlagsEverything:
+    """A picture check that flags every picture (finals and previews)."""
+
+    def flags(self, images):
+        return [True] * len(images)
+
+
+def test_a_real_filtering_server_refusal_and_withheld_pictures_reach_the_panel(make_panel):
+    """Against the real server: its 422 prompt_blocked shows the panel's line; withheld tiles are counted."""
+    if not hasattr(errors, "PromptBlocked"):
+        pytest.skip("the server's classroom filter (start_background(safety=)) is not on this branch")
+    from speech2image_nb.server.engines.noise import NoiseEngine
+    from tests.image_server_utils import running_server
+
+    server_policy = Policy(blocked=("dragon",))  # the server's teacher blocked a word the panel allows
+    with running_server(
+        NoiseEngine(size_px=16), token="tok-21", safety=server_policy, image_checker=FlagsEverything()
+    ) as server:
+        panel = make_panel(
+            settings=settings(server_url=server.url, server_token="tok-21"), image_service=None
+        )
+        assert panel.wait_ready(30), panel.error_text
+        panel.image_count_slider.value = 2
+        panel.generate("a dragon")
+        assert panel.wait_idle(30)
+        assert panel.error_text == refusal_line("custom") and "dragon" not in panel.error_html.value
+        assert [(e.where, e.category) for e in panel.refusals.entries] == [("server", "custom")]
+        panel.generate("a red fox")
+        assert panel.wait_idle(30) and panel.error_text == "" and len(panel.images) == 2
+        assert withheld_line(2) in panel.status_html.value
