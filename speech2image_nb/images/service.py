@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import Secret, Settings
+from ..errors import EngineError
+from ..shutdown import watch_exit
 from .client import DEFAULT_TIMEOUT_S, Generation, ImageClient
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ ProgressCallback = Callable[[float, str], None]
 _connected: ImageClient | None = None  # set by connect()
 _default: ImageService | None = None  # what generate() uses, built on first use
 _lock = threading.Lock()
+_STOP_STARTING_S = 0.5  # close() waits this long for a starting server; it ends by itself after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,7 @@ class ImageService:
         on_progress: ProgressCallback | None = None,
         safety: Policy | None = None,
     ) -> None:
+        watch_exit()  # a kernel stopped while the embedded server starts must not complain
         self.settings = settings
         self.safety = safety
         self._on_progress = on_progress
@@ -114,6 +118,9 @@ class ImageService:
         self._client: ImageClient | None = None
         self._engine = ""
         self._lock = threading.Lock()
+        # An embedded server still starting, so that close() can stop it without waiting for open()
+        self._starting: BackgroundServer | None = None
+        self._closing = False
 
     @property
     def is_embedded(self) -> bool:
@@ -134,6 +141,7 @@ class ImageService:
             From the client's health check or the embedded server's start.
         """
         with self._lock:
+            self._closing = False
             connected = connected_client()
             if self._client is not None and connected in (None, self._client):
                 return self._client
@@ -168,11 +176,16 @@ class ImageService:
             wait=False,
             # safety=safety,  # ISSUE-21 MERGE: enable once start_background(safety=) lands (server side)
         )
+        self._starting = server
         try:
+            if self._closing:  # close() came while the engine was being made
+                raise EngineError("The image server was closed while it was starting.")
             server.wait_ready(timeout_s)
         except BaseException:
             server.stop()
             raise
+        finally:
+            self._starting = None
         self._server = server
         atexit.register(self.close)  # a server nobody closed stops with the interpreter
         return ImageClient(server.url, token=server.token)
@@ -184,7 +197,15 @@ class ImageService:
         return self.settings.image_engine if choose_server(self.settings).source == "embedded" else ""
 
     def close(self) -> None:
-        """Stop the embedded server, if this service started one, and forget the choice (idempotent)."""
+        """Stop the embedded server, if this service started one, and forget the choice (idempotent).
+
+        A server still starting is stopped at once: :meth:`open` then raises instead of waiting
+        for its engine to load.
+        """
+        self._closing = True
+        starting = self._starting
+        if starting is not None:
+            starting.stop(timeout_s=_STOP_STARTING_S)
         with self._lock:
             server, self._server = self._server, None
             client, self._client = self._client, None

@@ -43,6 +43,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _quiet_while_exiting() -> None:
+    """A server thread still starting when the process exits fails in uvicorn's lifespan; say nothing then."""
+    from ..shutdown import DropWhileExiting, watch_exit
+
+    watch_exit()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DropWhileExiting) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(DropWhileExiting())
+
+
 class BackgroundServer:
     """A uvicorn server running in a daemon thread of this process.
 
@@ -83,9 +93,11 @@ class BackgroundServer:
             app, log_config=None, access_log=access_log, lifespan="on", timeout_graceful_shutdown=2
         )
         self._server = uvicorn.Server(config)
+        _quiet_while_exiting()
         self._app = app
         self._thread = threading.Thread(target=self._run, name="s2i-image-server", daemon=True)
         self._done = threading.Event()
+        self._stop_requested = threading.Event()
 
     def _run(self) -> None:
         try:
@@ -98,6 +110,7 @@ class BackgroundServer:
                 self.error = load_error
             elif not self._server.started or isinstance(self.error, SystemExit):
                 self.error = EngineError("The image server did not start (see the log above).")
+            self._socket.close()
             self._done.set()
 
     def start(self) -> BackgroundServer:
@@ -114,6 +127,8 @@ class BackgroundServer:
         """Block until the server serves; raise the start-up error, or EngineError on timeout."""
         deadline = time.monotonic() + timeout_s
         while not self.ready:
+            if self._stop_requested.is_set():
+                raise EngineError("The image server was stopped while it was starting.")
             if self._done.is_set():
                 error = self.error or EngineError("The image server stopped while starting.")
                 if isinstance(error, Exception) and not isinstance(error, EngineError):
@@ -125,14 +140,21 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop serving and wait for the thread to end."""
+        """Stop serving and wait for the thread to end (``timeout_s`` twice at most).
+
+        A server still loading its engine cannot be interrupted: it stops as soon as the load
+        returns, and closes its socket then.
+        """
+        self._stop_requested.set()
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._server.started:
+            # (still loading: no force, so that it shuts down in order once the load returns)
             self._server.force_exit = True
             self._thread.join(timeout_s)
-        self._socket.close()
+        if not self._thread.is_alive() or not self._thread.ident:
+            self._socket.close()
 
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait until the server thread ends (``timeout_s`` at most); True when it has ended."""
@@ -196,9 +218,14 @@ def start_background(
     save_dir, cors_origins, batch_wait_s
         As for :func:`~speech2image_nb.server.app.create_app`.
     """
+    from ..shutdown import process_exiting, watch_exit
+
+    watch_exit()
     from .app import create_app
     from .engines import create_engine
 
+    if process_exiting():  # a kernel stopped mid-start-up: start nothing, say nothing
+        raise EngineError("The image server was not started: this Python process is exiting.")
     if isinstance(engine, str):
         engine = create_engine(engine, model_dir=model_dir, dtype=dtype)
     app = create_app(

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BadServerResponse, ConfigError, ServerUnreachable
 from ..frontend import VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend
 from ..images.protocol import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
+from ..shutdown import process_exiting
 from .controller import Controller, GenerationRequest, HistoryEntry, describe_error, seed_of
 from .safety import (
     PICTURE_CATEGORY,
@@ -391,6 +392,9 @@ class PanelSession:
         try:
             self._images.open()
         except Exception as exc:
+            if self._closed or process_exiting():  # closed, or the kernel stopped, mid-start: quietly
+                logger.debug("image server start ended: %s", exc)
+                return
             self._start_failure = exc
             self.report(exc)
             self._mark_unavailable()
