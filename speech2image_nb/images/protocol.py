@@ -543,7 +543,8 @@ def _event_data(event: ServerEvent, image_format: str) -> dict[str, Any]:
             "prompt_truncated": truncated,
             "timings": event.timings,
         }
-    return error_body(event.code, event.message, category=event.category)["error"]
+    error: dict[str, Any] = error_body(event.code, event.message, category=event.category)["error"]
+    return error
 
 
 def encode_event(event: ServerEvent, *, image_format: str = DEFAULT_IMAGE_FORMAT) -> bytes:

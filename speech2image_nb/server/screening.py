@@ -116,20 +116,20 @@ class ScreenedEngine(Engine):
         self.refusals = refusals
 
     # what the server reads of an engine: the wrapped engine's, read when asked
-    @property  # type: ignore[override]
-    def name(self) -> str:
+    @property
+    def name(self) -> str:  # type: ignore[override]
         return self.engine.name
 
-    @property  # type: ignore[override]
-    def device(self) -> str:
+    @property
+    def device(self) -> str:  # type: ignore[override]
         return self.engine.device
 
-    @property  # type: ignore[override]
-    def max_batch(self) -> int:
+    @property
+    def max_batch(self) -> int:  # type: ignore[override]
         return self.engine.max_batch
 
-    @property  # type: ignore[override]
-    def option_names(self) -> frozenset[str]:
+    @property
+    def option_names(self) -> frozenset[str]:  # type: ignore[override]
         return self.engine.option_names
 
     def __getattr__(self, name: str) -> Any:
