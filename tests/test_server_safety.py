@@ -191,14 +191,15 @@ def test_off_logs_its_warning_once_and_checks_nothing(server_logs, monkeypatch):
     """Level off: one warning, the prompt is drawn, no picture check is loaded (even a broken one)."""
     monkeypatch.setattr(policy_module, "_warned_off", False)
     engine = NoiseEngine(size_px=SIZE_PX)
-    with running_server(engine, safety=Policy.resolve("off"), image_checker="/no/such/model") as server:
-        Policy.resolve("off")
+    with running_server(engine, safety=Policy(level="off"), image_checker="/no/such/model") as server:
         answer = requests.post(server.url + "/generate", json={"text": REFUSED}, timeout=10)
         assert answer.status_code == 200 and answer.json()["withheld"] == []
         assert requests.get(server.url + "/", timeout=5).json()["safety"] == {
             "level": "off",
             "pictures": False,
         }
+    with running_server(NoiseEngine(size_px=SIZE_PX), safety=Policy.resolve("off")):
+        pass
     warnings = [
         r for r in server_logs.records if r.levelno == logging.WARNING and "filter is off" in r.getMessage()
     ]

@@ -20,6 +20,7 @@ a message naming the setting. torch and transformers are imported inside the fun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -114,11 +115,20 @@ class ClassifierChecker:
 
     ``flags`` runs the whole batch through one forward pass and flags an image when the summed
     probability of the model's unsafe labels (:data:`UNSAFE_LABELS`) reaches ``threshold``.
+    On a CPU the pass runs with ``threads`` torch threads, set around it only (the engines' rule:
+    ``S2I_CPU_THREADS``, else the physical cores; on shared cores more threads were slower).
     Built by :func:`load_image_checker`.
     """
 
     def __init__(
-        self, model: Any, processor: Any, *, unsafe_ids: Sequence[int], threshold: float, name: str
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        unsafe_ids: Sequence[int],
+        threshold: float,
+        name: str,
+        threads: int | None = None,
     ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError("threshold must be above 0 and at most 1")
@@ -127,6 +137,7 @@ class ClassifierChecker:
         self.unsafe_ids = list(unsafe_ids)
         self.threshold = threshold
         self.name = name
+        self.threads = threads
 
     @property
     def device(self) -> str:
@@ -136,10 +147,14 @@ class ClassifierChecker:
         """The unsafe probability of each image (one forward pass)."""
         import torch
 
+        from ..server.engines.cpu import resolve_threads, torch_threads
+
         if not images:
             return []
         pictures = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
-        with torch.inference_mode():
+        on_cpu = self.model.device.type == "cpu"
+        threads = torch_threads(resolve_threads(self.threads)) if on_cpu else contextlib.nullcontext()
+        with threads, torch.inference_mode():
             inputs = self.processor(images=pictures, return_tensors="pt")
             pixels = inputs["pixel_values"].to(device=self.model.device, dtype=self.model.dtype)
             logits = self.model(pixel_values=pixels).logits

@@ -30,6 +30,7 @@ from ..images.protocol import (
 )
 from ..safety import Policy, RefusalLog
 from ..safety.images import ImageChecker
+from ..safety.policy import warn_off_once
 from .auth import BearerAuth
 from .batcher import DEFAULT_BATCH_WAIT_S, Batcher
 from .engines.base import Engine, LoadProgress
@@ -146,6 +147,8 @@ def create_app(
         not checked.
     """
     policy = Policy.resolve() if safety is None else safety
+    if not policy.enabled:
+        warn_off_once()  # also for a Policy built without resolve()
     config = ServerConfig(
         limits=RequestLimits(max_images=max_images, max_prompt_chars=max_prompt_chars),
         request_timeout_s=request_timeout_s,
