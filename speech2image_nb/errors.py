@@ -218,6 +218,7 @@ BLOCKED_CATEGORY_WORDS = {
     "drugs": "content about drugs",
     "hate": "hateful content",
     "weapons": "content about weapons",
+    "profanity": "rude words",
     "custom": "a word the teacher blocked",
 }
 
