@@ -15,10 +15,13 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .frontend import in_colab
+
+if TYPE_CHECKING:
+    from .safety import Policy
 
 __all__ = ["ENV_VARS", "Secret", "Settings", "ask_secret", "in_colab"]
 
@@ -36,6 +39,13 @@ ENV_VARS: dict[str, str] = {
     "assemblyai_end_of_turn_confidence_threshold": "S2I_ASSEMBLYAI_END_OF_TURN_CONFIDENCE_THRESHOLD",
     "assemblyai_min_turn_silence_ms": "S2I_ASSEMBLYAI_MIN_TURN_SILENCE_MS",
     "assemblyai_max_turn_silence_ms": "S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS",
+    # the classroom filter (speech2image_nb.safety reads the first four names too, for the server)
+    "safety": "S2I_SAFETY",
+    "safety_block": "S2I_SAFETY_BLOCK",
+    "safety_allow": "S2I_SAFETY_ALLOW",
+    "safety_file": "S2I_SAFETY_FILE",
+    "safety_log_text": "S2I_SAFETY_LOG_TEXT",
+    "mask_transcript": "S2I_MASK_TRANSCRIPT",
 }
 
 #: Settings that are secrets: also looked up in Colab's secret store.
@@ -51,6 +61,11 @@ DEFAULT_ASSEMBLYAI_SPEECH_MODEL = "universal-streaming-english"
 #: The service's limits on ``keyterms_prompt``: longer terms are silently ignored, so we refuse them.
 MAX_ASSEMBLYAI_KEYTERMS = 100
 MAX_ASSEMBLYAI_KEYTERM_CHARS = 50
+
+#: Levels of the classroom filter (``speech2image_nb.safety.LEVELS``, repeated so that reading the
+#: settings imports nothing more); ``strict`` is the default everywhere.
+SAFETY_LEVELS = ("strict", "standard", "off")
+DEFAULT_SAFETY = "strict"
 
 
 class Secret:
@@ -138,6 +153,18 @@ class Settings:
     assemblyai_end_of_turn_confidence_threshold: float | None = None
     assemblyai_min_turn_silence_ms: int | None = None
     assemblyai_max_turn_silence_ms: int | None = None
+    #: The classroom filter's level (one of :data:`SAFETY_LEVELS`): ``strict``, ``standard`` or ``off``.
+    safety: str = DEFAULT_SAFETY
+    #: A teacher's own words or phrases to refuse as well, and ones never to refuse.
+    safety_block: tuple[str, ...] = ()
+    safety_allow: tuple[str, ...] = ()
+    #: A plain text file of such words: one a line, ``+`` allowed, ``-`` (or nothing) blocked, ``#`` comments.
+    safety_file: str | None = None
+    #: Keep the refused prompt's text in the teacher's log (``panel.refusals``); by default only
+    #: the time, the place and the category are kept.
+    safety_log_text: bool = False
+    #: Show the words the filter refuses as ``•••`` in the live transcript (the projector's view).
+    mask_transcript: bool = True
 
     @classmethod
     def resolve(
@@ -204,6 +231,27 @@ class Settings:
                 f"longer than the maximum ({high} ms, S2I_ASSEMBLYAI_MAX_TURN_SILENCE_MS): lower the "
                 "minimum or raise the maximum."
             )
+
+    def safety_policy(self) -> Policy:
+        """The classroom filter these settings describe (reads :attr:`safety_file` now).
+
+        The environment was read already by :meth:`resolve`, so it is not read again here.
+
+        Raises
+        ------
+        ConfigError
+            When the word file cannot be read.
+        """
+        from .safety import Policy
+
+        return Policy.resolve(
+            self.safety,
+            blocked=self.safety_block,
+            allowed=self.safety_allow,
+            word_file=self.safety_file,
+            log_text=self.safety_log_text,
+            environ={},
+        )
 
     @property
     def speech_engine(self) -> str:
@@ -295,12 +343,68 @@ def _parse_ms(value: Any, name: str) -> int | None:
     return None if number is None else int(number)
 
 
+def _parse_safety_level(value: Any, name: str) -> str | None:
+    if not isinstance(value, str):
+        raise ConfigError(f"Setting {name} must be a level name, not {type(value).__name__}.")
+    level = value.strip().lower()
+    if not level:
+        return None
+    if level not in SAFETY_LEVELS:
+        raise ConfigError(
+            f"Unknown classroom filter level {value.strip()!r} in {name}: choose one of "
+            f"{', '.join(SAFETY_LEVELS)}."
+        )
+    return level
+
+
+def _parse_words(value: Any, name: str) -> tuple[str, ...] | None:
+    """Words or phrases: a list of strings, or one string of them separated by commas."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(w, str) for w in value):
+        raise ConfigError(
+            f"Setting {name} must be words or phrases: a list of strings, or one string separated by commas."
+        )
+    words = tuple(dict.fromkeys(" ".join(word.split()) for word in value if word.strip()))
+    return words or None
+
+
+def _parse_path(value: Any, name: str) -> str | None:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"Setting {name} must be a file path, not {type(value).__name__}.")
+    return value.strip() or None
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_bool(value: Any, name: str) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not text:
+            return None
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+    raise ConfigError(f"Setting {name} must be true or false (1/0, yes/no, on/off), got {value!r}.")
+
+
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "assemblyai_speech_model": _parse_speech_model,
     "assemblyai_keyterms": _parse_keyterms,
     "assemblyai_end_of_turn_confidence_threshold": _parse_confidence,
     "assemblyai_min_turn_silence_ms": _parse_ms,
     "assemblyai_max_turn_silence_ms": _parse_ms,
+    "safety": _parse_safety_level,
+    "safety_block": _parse_words,
+    "safety_allow": _parse_words,
+    "safety_file": _parse_path,
+    "safety_log_text": _parse_bool,
+    "mask_transcript": _parse_bool,
 }
 
 

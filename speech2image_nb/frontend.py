@@ -12,7 +12,14 @@ kernel must act on.
   "reload the page" fix (outputs are rebuilt by running the cell), so some error texts differ.
 - **VS Code** blocks ``getUserMedia`` in notebook outputs (microsoft/vscode#119127): the
   recorder can never open a microphone there, so the panel says so and points to the upload.
-- **Jupyter** (JupyterLab, Notebook 7, classic Notebook, anything else): the default.
+- **Jupyter** (JupyterLab, Notebook 7, classic Notebook, anything else): the default. The
+  classic Notebook (6.5, and school JupyterHubs still on it) loads each front-end extension on its
+  own: anywidget's only tells the page's module loader where ``anywidget`` lives, and when our
+  recorder's model arrives first, the loader asks for ``/static/anywidget.js``, gets a 404, the
+  model fails, and so does every container holding it: the panel's cell stays blank, with no
+  error on the page. :func:`prepare_classic_widget_loading` tells the loader itself, before our
+  first model is opened, and :func:`watch_classic_display` puts one line in the cell if the panel
+  still does not show.
 
 What the kernel can see, and what we read:
 
@@ -46,6 +53,8 @@ __all__ = [
     "detect_frontend",
     "enable_colab_widgets",
     "in_colab",
+    "prepare_classic_widget_loading",
+    "watch_classic_display",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,3 +137,90 @@ def _enable_custom_widget_manager() -> None:
     output = importlib.import_module("google.colab.output")
     output.enable_custom_widget_manager()
     logger.debug("Colab custom widget manager enabled")
+
+
+# --- the classic Notebook: anywidget's module path, and a line when a panel does not show ---------
+
+#: Sets the module loader's path for ``anywidget`` (what anywidget's own nbextension does) when the
+#: page has not set it yet. Runs only where there is a classic Notebook page with requirejs.
+_ANYWIDGET_PATH_JS = """(function () {
+  var rjs = window.requirejs;
+  if (!rjs || !rjs.config || !window.Jupyter || !window.Jupyter.notebook) return;
+  var ctx = rjs.s && rjs.s.contexts && rjs.s.contexts._;
+  var map = ctx && ctx.config && ctx.config.map && ctx.config.map['*'];
+  if (map && map.anywidget) return;
+  rjs.config({map: {'*': {anywidget: 'nbextensions/anywidget/index'}}});
+})();"""
+
+#: What a classic Notebook cell says when its panel did not render (the JS below writes it).
+PANEL_NOT_SHOWN = "The panel did not appear: reload the page (F5), then run this cell again."
+_NOT_SHOWN_AFTER_MS = 8000  # after the cell has finished; a panel renders well within a second
+
+_WATCH_JS = """(function (out) {
+  if (!out || !window.Jupyter || !window.Jupyter.notebook) return;
+  var node = out.jquery ? out[0] : out;
+  var since = null, line = null, polls = 0;
+  var timer = setInterval(function () {
+    polls += 1;
+    // looked up at each poll: the output is put in the page only after this script has run
+    var cell = node && node.closest && node.closest('.cell');
+    if (!cell) { if (polls > 20) clearInterval(timer); return; }
+    if (cell.querySelector(%(selector)s)) {
+      if (line) line.remove();
+      clearInterval(timer);
+      return;
+    }
+    var prompt = cell.querySelector('.input_prompt');
+    if (prompt && prompt.textContent.indexOf('*') >= 0) { since = null; return; }
+    if (since === null) since = Date.now();
+    if (!line && Date.now() - since >= %(after_ms)d) {
+      line = document.createElement('div');
+      line.className = 's2i-not-shown';
+      line.style.cssText = 'color:#b00020;font-family:sans-serif;padding:4px 0;';
+      line.textContent = %(message)s;
+      node.appendChild(line);
+    }
+    if (polls > 1200) clearInterval(timer);
+  }, 500);
+})(typeof element !== 'undefined' ? element : null);"""
+
+
+def _kernel_display(js: str) -> None:
+    """Send ``js`` as a display of this cell, where a notebook kernel runs; elsewhere do nothing.
+
+    A front end without a JavaScript renderer, or an untrusted page, shows the empty text instead.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return
+    from IPython.display import display
+
+    display({"application/javascript": js, "text/plain": ""}, raw=True)
+
+
+def prepare_classic_widget_loading() -> None:
+    """Before our first anywidget model opens: make sure a classic Notebook page can load its module.
+
+    See the module docstring for the race it closes. Outside the classic Notebook the script does
+    nothing; Colab and VS Code get no output at all.
+    """
+    if detect_frontend() == JUPYTER:
+        _kernel_display(_ANYWIDGET_PATH_JS)
+
+
+def watch_classic_display(selector: str, *, message: str = PANEL_NOT_SHOWN) -> None:
+    """Display, before a widget, a watch that writes ``message`` in the cell if ``selector`` never shows.
+
+    Classic Notebook only: a widget whose model fails to load leaves its output area empty, with
+    nothing on the page to say so; this line tells the person the fix. It disappears if the widget
+    shows after all.
+    """
+    if detect_frontend() != JUPYTER:
+        return
+    import json
+
+    _kernel_display(
+        _WATCH_JS
+        % {"selector": json.dumps(selector), "after_ms": _NOT_SHOWN_AFTER_MS, "message": json.dumps(message)}
+    )

@@ -29,6 +29,7 @@ from ..config import Secret, Settings
 from .client import DEFAULT_TIMEOUT_S, Generation, ImageClient
 
 if TYPE_CHECKING:
+    from ..safety import Policy
     from ..server import BackgroundServer
 
 __all__ = [
@@ -92,10 +93,21 @@ class ImageService:
         Resolved settings (server URL/token, engine, model directory).
     on_progress
         Called with ``(fraction 0..1, message)`` while an embedded server loads.
+    safety
+        The classroom filter an embedded server applies; by default the one ``settings``
+        describe (strict unless changed), built when the server starts. A remote server applies
+        its own.
     """
 
-    def __init__(self, settings: Settings, *, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_progress: ProgressCallback | None = None,
+        safety: Policy | None = None,
+    ) -> None:
         self.settings = settings
+        self.safety = safety
         self._on_progress = on_progress
         self._choice: ServerChoice | None = None
         self._server: BackgroundServer | None = None
@@ -147,11 +159,14 @@ class ImageService:
     def _start_embedded(self, timeout_s: float) -> ImageClient:
         from ..server import start_background
 
+        safety = self.safety if self.safety is not None else self.settings.safety_policy()
+        logger.debug("embedded server: classroom filter level %s", safety.level)
         server = start_background(
             self.settings.image_engine,
             model_dir=self.settings.model_dir,
             on_progress=self._on_progress,
             wait=False,
+            # safety=safety,  # ISSUE-21 MERGE: enable once start_background(safety=) lands (server side)
         )
         try:
             server.wait_ready(timeout_s)

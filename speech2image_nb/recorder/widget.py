@@ -51,7 +51,15 @@ from ..errors import (
     MicrophoneUnavailable,
     RecorderError,
 )
-from ..frontend import COLAB, VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend, enable_colab_widgets
+from ..frontend import (
+    COLAB,
+    VSCODE,
+    VSCODE_NO_MICROPHONE,
+    Frontend,
+    detect_frontend,
+    enable_colab_widgets,
+    prepare_classic_widget_loading,
+)
 from .callbacks import RecorderCallbacks
 
 __all__ = ["ERROR_MESSAGES", "FRONTEND_MESSAGES", "SUSPENDED_NOTICE", "Recorder", "recorder_error"]
@@ -213,6 +221,7 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         if frontend_timeout_s <= 0:
             raise ValueError(f"frontend_timeout_s must be > 0, not {frontend_timeout_s}")
         enable_colab_widgets()  # before anything can be displayed
+        prepare_classic_widget_loading()  # before this model opens: its module must be findable
         super().__init__(
             chunk_ms=chunk_ms,
             max_seconds=max_seconds,

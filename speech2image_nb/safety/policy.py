@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-
 from ..errors import ConfigError
 
 __all__ = ["ENV_VARS", "LEVELS", "Policy"]
@@ -59,6 +58,10 @@ class Policy:
             raise ConfigError(
                 f"Unknown safety level {self.level!r} (S2I_SAFETY): use one of {', '.join(LEVELS)}."
             )
+        # Lists or a comma-separated string become tuples, so that a policy stays hashable (the
+        # compiled word lists are cached per policy) and "spider" is one word, not six letters.
+        object.__setattr__(self, "blocked", tuple(_words(self.blocked)))
+        object.__setattr__(self, "allowed", tuple(_words(self.allowed)))
 
     @property
     def enabled(self) -> bool:
@@ -136,7 +139,10 @@ def load_word_file(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"Cannot read the safety word file {str(file)!r} (S2I_SAFETY_FILE): {exc.strerror}.") from exc
+        raise ConfigError(
+            f"Cannot read the safety word file {str(file)!r} (S2I_SAFETY_FILE): {exc.strerror}; "
+            "check the path, or unset S2I_SAFETY_FILE."
+        ) from exc
     blocked: list[str] = []
     allowed: list[str] = []
     for raw in text.splitlines():
@@ -150,5 +156,3 @@ def load_word_file(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         else:
             blocked.append(line)
     return [w for w in blocked if w], [w for w in allowed if w]
-
-

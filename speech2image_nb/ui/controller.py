@@ -17,6 +17,7 @@ import html
 import itertools
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -88,6 +89,7 @@ class Transcript:
         self._turns: dict[int, tuple[str, bool]] = {}
         self._offset = 0
         self._session_turns: list[int] = []
+        self._refused: set[int] = set()  # turns whose final the classroom filter refused
 
     def begin_session(self) -> None:
         """Start a new recording: its turn 0 comes after every turn shown so far."""
@@ -129,27 +131,49 @@ class Transcript:
                 kept.append(text)
         return kept
 
+    def set_refused(self, turn: int, refused: bool) -> None:
+        """Mark ``turn``'s final as refused by the classroom filter (left out of :meth:`session_text`)."""
+        if refused:
+            self._refused.add(turn)
+        else:
+            self._refused.discard(turn)
+
     def text_of(self, turn: int) -> str:
         """The current text of ``turn`` (empty when unknown)."""
         return self._turns.get(turn, ("", False))[0]
 
     def session_text(self) -> str:
-        """The committed (final) text of the current recording session, sentences joined."""
-        return " ".join(t for turn in self._session_turns for t, final in [self._turns[turn]] if final and t)
+        """The committed (final) text of the current recording session, sentences joined.
+
+        Sentences the classroom filter refused are left out: this text goes into the prompt box.
+        """
+        return " ".join(
+            t
+            for turn in self._session_turns
+            for t, final in [self._turns[turn]]
+            if final and t and turn not in self._refused
+        )
 
     def clear(self) -> None:
         """Forget every turn."""
         self._turns.clear()
         self._offset = 0
         self._session_turns = []
+        self._refused.clear()
 
-    def to_html(self) -> str:
-        """Finals as plain text, partials in a lighter ``s2i-partial`` span, all escaped."""
+    def to_html(self, mask: Callable[[str], str] | None = None) -> str:
+        """Finals as plain text, partials in a lighter ``s2i-partial`` span, all escaped.
+
+        ``mask`` turns each turn's text into what the screen may show (the classroom filter's
+        ``•••`` for refused words) before it is escaped.
+        """
         parts = []
         for turn in sorted(self._turns):
             text, final = self._turns[turn]
             if not text:
                 continue
+            if mask is not None:
+                text = mask(text)
             css = "s2i-final" if final else "s2i-partial"
             parts.append(f'<span class="{css}" data-turn="{turn}">{html.escape(text)}</span>')
         return " ".join(parts)
@@ -186,7 +210,7 @@ class Controller:
             self.transcript.begin_session()
 
     def on_transcript(
-        self, event: TranscriptEvent, *, image_count: int, seed: int | None
+        self, event: TranscriptEvent, *, image_count: int, seed: int | None, refused: bool = False
     ) -> tuple[str | None, GenerationRequest | None]:
         """Apply a transcript event.
 
@@ -194,14 +218,23 @@ class Controller:
         set on every final: the whole session's committed text, or in hands-free mode just this
         sentence. In hands-free mode the first final of each turn is queued for generation; a
         later (formatted) final of the same turn updates the queued prompt if it has not started.
+
+        ``refused``: the classroom filter refused this final. It is never queued (a later final
+        of the same turn that is refused takes its turn's request out of the queue), and never
+        put in the prompt box: hands-free leaves the prompt as it was, otherwise the session's
+        text leaves the sentence out.
         """
         with self._lock:
             turn, first_final = self.transcript.apply(event)
             if event.kind != "final":
                 return None, None
+            self.transcript.set_refused(turn, refused)
             sentence = self.transcript.text_of(turn)
             if not self.hands_free:
                 return self.transcript.session_text() or None, None
+            if refused:
+                self._queue = deque(r for r in self._queue if r.turn != turn)
+                return None, None
             if not sentence:
                 return None, None
             if not first_final:

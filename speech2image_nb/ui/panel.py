@@ -6,8 +6,10 @@ everything that needs threads, and no widget), and draws each update the session
 rules (turns, queueing, history, error lines) live in :mod:`speech2image_nb.ui.controller`; the
 image server is the one :mod:`speech2image_nb.images.service` picks. Besides the recorder, an
 Upload control (:mod:`speech2image_nb.ui.upload`) takes a recording as a file, for wherever no
-microphone can be opened. In Colab, the custom widget manager is enabled before anything shows
-(:func:`speech2image_nb.frontend.enable_colab_widgets`).
+microphone can be opened. The classroom filter (:mod:`speech2image_nb.ui.safety`, strict by
+default) checks every prompt before it is sent and masks refused words in the live transcript;
+its teacher-only log is :attr:`Panel.refusals`. In Colab, the custom widget manager is enabled
+before anything shows (:func:`speech2image_nb.frontend.enable_colab_widgets`).
 
 Threads: updates arrive on the session's threads, so drawing them only assigns traits.
 """
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..errors import ConfigError
-from ..frontend import detect_frontend, enable_colab_widgets
+from ..frontend import detect_frontend, enable_colab_widgets, watch_classic_display
 from ..recorder import make_recorder
 from ..recorder.callbacks import RecorderLike
 from .controller import MAX_IMAGE_COUNT, GenerationRequest, HistoryEntry, parse_seed
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..images.service import ImageService
+    from ..safety import Policy, RefusalLog
     from ..speech.base import Transcriber
 
 __all__ = ["Panel", "app"]
@@ -90,7 +93,11 @@ def app(
     **settings
         Overrides for :class:`speech2image_nb.config.Settings` (``assemblyai_api_key``,
         ``server_url``, ``server_token``, ``whisper_model``, ``image_engine``, ``model_dir``, ...);
-        anything not given comes from the environment or Colab secrets.
+        anything not given comes from the environment or Colab secrets. The classroom filter:
+        ``safety`` (``"strict"``, the default, ``"standard"`` or ``"off"``), ``safety_block`` and
+        ``safety_allow`` (a teacher's words or phrases), ``safety_file`` (a word file),
+        ``safety_log_text`` (keep refused text in :attr:`Panel.refusals`) and ``mask_transcript``
+        (default ``True``).
     """
     from ..config import Settings
 
@@ -123,6 +130,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         Resolved settings; default ``Settings.resolve()``.
     start
         Begin connecting to the image server and loading the speech engine right away.
+    safety
+        The classroom filter; by default the one ``settings`` describe. The embedded server the
+        panel starts gets the same.
     """
 
     def __init__(
@@ -135,12 +145,15 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         hands_free: bool = False,
         image_count: int = 4,
         start: bool = True,
+        safety: Policy | None = None,
     ) -> None:
         from ..config import Settings
 
         enable_colab_widgets()  # in Colab: before any widget exists, so every display is tagged
         self.frontend = detect_frontend()
         self.settings = settings if settings is not None else Settings.resolve()
+        # First, so that an unreadable word file stops the panel before it makes anything.
+        safety = safety if safety is not None else self.settings.safety_policy()
         self.recorder, self._recorder_view, recorder_problem = _make_recorder(recorder)
         self.session = PanelSession(
             self.settings,
@@ -150,6 +163,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             streams=self.recorder.streams if self.recorder is not None else True,
             hands_free_options=self._hands_free_options,
             frontend=self.frontend,
+            safety=safety,
         )
         self.controller = self.session.controller
         self.controller.hands_free = hands_free
@@ -164,6 +178,19 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.session.show_opening_line(recorder_problem)
         if start:
             self.start()
+
+    @property
+    def safety(self) -> Policy:
+        """The classroom filter this panel checks every prompt with (level, a teacher's words)."""
+        return self.session.safety
+
+    @property
+    def refusals(self) -> RefusalLog:
+        """The teacher's log of refused prompts: time, where, category (the text only if chosen).
+
+        Read it in a cell the class does not see (``panel.refusals.entries``); no widget shows it.
+        """
+        return self.session.refusals
 
     def start(self) -> None:
         """Connect to (or start) the image server and load the speech engine, in the background.
@@ -283,6 +310,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def _ipython_display_(self, **kwargs: Any) -> None:
         if self._is_repr_suppressed():
             return
+        watch_classic_display(".s2i-panel")  # a blank cell in the classic Notebook says what to do
         parent = getattr(super(), "_ipython_display_", None)
         if parent is not None:  # ipywidgets 7
             parent(**kwargs)
@@ -381,8 +409,11 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             seed = None
         return self.image_count_slider.value, seed
 
-    def generate(self, prompt: str | None = None) -> GenerationRequest:
+    def generate(self, prompt: str | None = None) -> GenerationRequest | None:
         """Generate images for ``prompt`` (default: the prompt field); queued if one is running.
+
+        Returns ``None`` when the classroom filter refuses the prompt: nothing is sent, the prompt
+        stays in its field, and the line under the buttons says why.
 
         Raises
         ------
@@ -420,7 +451,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     def close(self) -> None:
         """Stop recording, stop the embedded server, close the widgets."""
-        self.session.close()
+        session = getattr(self, "session", None)  # None: the constructor failed (a bad setting)
+        if session is not None:
+            session.close()
         super().close()
 
 

@@ -20,6 +20,15 @@ the server "not available" with its line; each later Generate tries again, and t
 works marks it ready, with no restart of the panel. A Generate pressed while the start-up is still
 connecting waits for that attempt and shares its outcome, instead of waiting a second time.
 
+The classroom filter (:mod:`speech2image_nb.ui.safety`): every prompt is checked before it is
+sent (Generate, hands-free sentences, uploads), also to a server that may not filter. A refused
+prompt is not drawn; one neutral line names the category (never the words), and the teacher's log
+(:attr:`PanelSession.refusals`) records it. Hands-free skips a refused sentence and draws the next;
+a refused spoken sentence never goes into the prompt box by itself (the box is on the projector
+as much as the transcript, whose refused words are masked), while typed text stays in the box for
+the teacher to change. A server that refuses the prompt itself is shown the same way, and
+pictures it withheld are counted in the status line.
+
 Threads: recorder callbacks and widget handlers run on the kernel's main thread or, on ipykernel
 7, on a subshell thread, and only enqueue. Live transcription runs on the runtime loop
 (:mod:`speech2image_nb.runtime`); generations run one after another on a worker thread; start-up
@@ -44,6 +53,20 @@ from ..errors import BadServerResponse, ConfigError, ServerUnreachable
 from ..frontend import VSCODE, VSCODE_NO_MICROPHONE, Frontend, detect_frontend
 from ..images.protocol import DoneEvent, ImageEvent, ProgressEvent, QueuedEvent
 from .controller import Controller, GenerationRequest, HistoryEntry, describe_error, seed_of
+from .safety import (
+    PICTURE_CATEGORY,
+    WHERE_HANDS_FREE,
+    WHERE_PANEL,
+    WHERE_SERVER,
+    WHERE_SERVER_IMAGE,
+    WHERE_SPEECH,
+    WHERE_UPLOAD,
+    PromptScreen,
+    blocked_category,
+    is_prompt_blocked,
+    refusal_line,
+    withheld_line,
+)
 from .upload import UPLOAD_HINT, UploadedFile, read_upload
 
 if TYPE_CHECKING:
@@ -53,6 +76,7 @@ if TYPE_CHECKING:
     from ..images.client import ImageClient
     from ..images.service import ImageService
     from ..runtime import ThreadSafeQueue
+    from ..safety import Policy, RefusalLog
     from ..speech.base import Transcriber, TranscriptEvent
 
 __all__ = [
@@ -217,6 +241,11 @@ class PanelSession:
     frontend
         The notebook front end (:func:`~speech2image_nb.frontend.detect_frontend` by default): in
         VS Code, which gives notebooks no microphone, the lines say so instead of pointing on.
+    safety
+        The classroom filter; by default the one ``settings`` describe (strict unless changed).
+        The default image service's embedded server gets the same.
+    refusals
+        The teacher's log to add refusals to (a new one by default).
     """
 
     def __init__(
@@ -229,10 +258,17 @@ class PanelSession:
         streams: bool = True,
         hands_free_options: Callable[[], tuple[int, int | None]] = lambda: (4, None),
         frontend: Frontend | None = None,
+        safety: Policy | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         from ..images.service import ImageService
 
         self.settings = settings
+        self._screen = PromptScreen(
+            safety if safety is not None else settings.safety_policy(),
+            log=refusals,
+            mask_transcript=settings.mask_transcript,
+        )
         self.frontend = frontend if frontend is not None else detect_frontend()
         self.controller = Controller()
         self.streams = streams
@@ -243,7 +279,7 @@ class PanelSession:
         self._images = (
             image_service
             if image_service is not None
-            else ImageService(settings, on_progress=self._on_server_progress)
+            else ImageService(settings, on_progress=self._on_server_progress, safety=self._screen.policy)
         )
         self._status = Status(self._speech_label(), self._images.describe())
         self._status_lock = threading.Lock()  # the start-up and generation threads all set parts
@@ -267,6 +303,16 @@ class PanelSession:
     def status(self) -> Status:
         """The status line's parts now."""
         return self._status
+
+    @property
+    def safety(self) -> Policy:
+        """The classroom filter this session checks prompts with."""
+        return self._screen.policy
+
+    @property
+    def refusals(self) -> RefusalLog:
+        """The teacher's log of refused prompts (never shown in a widget)."""
+        return self._screen.log
 
     @property
     def server_state(self) -> ServerState:
@@ -444,7 +490,7 @@ class PanelSession:
         if not self.streams:
             from ..runtime import get_runtime
 
-            get_runtime().submit(self._transcribe_take(bytes(pcm)))
+            get_runtime().submit(self._transcribe_take(bytes(pcm), source=WHERE_HANDS_FREE))
             return
         queue = self._audio_queue
         if queue is None:
@@ -486,7 +532,7 @@ class PanelSession:
             self.report(exc)
             self._set_status(activity="")
             return
-        await self._transcribe_take(pcm.astype("<i2").tobytes())
+        await self._transcribe_take(pcm.astype("<i2").tobytes(), source=WHERE_UPLOAD)
 
     async def _stream(self, queue: ThreadSafeQueue[bytes]) -> None:
         """Feed the recorder's chunks to the transcriber and apply its events (runtime loop)."""
@@ -500,16 +546,21 @@ class PanelSession:
                     self._take_failed = True
             queue.close()
             kept = self.controller.keep_unfinished()
+            if kept is not None and not self._screen.allows(kept):
+                kept = None  # refused words never go into the prompt box by themselves
             if kept is not None:
-                self._emit(TranscriptChanged(self.controller.transcript.to_html()))
+                self._emit(TranscriptChanged(self._transcript_html()))
                 self._emit(PromptChanged(kept))
             self.report(exc, hint=KEPT_HINT if kept is not None else "")
             self._emit(StopRecording())
             # No draining: a closed queue drops what the recorder still sends, and its end marker
             # may be gone already (the engine read it when the take ended before the failure).
 
-    async def _transcribe_take(self, pcm: bytes) -> None:
-        """Transcribe a whole take (recorders that deliver audio only after stop)."""
+    async def _transcribe_take(self, pcm: bytes, *, source: str) -> None:
+        """Transcribe a whole take (recorders that deliver audio only after stop, uploads).
+
+        ``source`` is where the teacher's log puts a refused sentence of it (an upload, a take).
+        """
         from ..audio import to_wav_bytes
         from ..speech.base import TranscriptEvent
 
@@ -518,16 +569,29 @@ class PanelSession:
             self._set_status(activity="transcribing…")
             text = await transcriber.transcribe(to_wav_bytes(pcm))
             self.controller.begin_recording()  # one take = one session, after the earlier ones
-            self._apply_transcript(TranscriptEvent("final", text, 0))
+            self._apply_transcript(TranscriptEvent("final", text, 0), source=source)
         except Exception as exc:
             self.report(exc)
         finally:
             self._set_status(activity="")
 
-    def _apply_transcript(self, event: TranscriptEvent) -> None:
+    def _apply_transcript(self, event: TranscriptEvent, *, source: str = WHERE_HANDS_FREE) -> None:
+        """Apply a transcript event: the transcript (masked), the prompt box, hands-free drawing.
+
+        A final is checked first: refused, it is shown masked, left out of the prompt box, not
+        drawn, logged, and its line shown; the next sentence goes on as usual.
+        """
         image_count, seed = self._hands_free_options()
-        prompt, request = self.controller.on_transcript(event, image_count=image_count, seed=seed)
-        self._emit(TranscriptChanged(self.controller.transcript.to_html()))
+        line = None
+        if event.kind == "final" and event.text.strip():
+            where = source if self.controller.hands_free or source == WHERE_UPLOAD else WHERE_SPEECH
+            line = self._screen.refuse(event.text, where)
+        prompt, request = self.controller.on_transcript(
+            event, image_count=image_count, seed=seed, refused=line is not None
+        )
+        self._emit(TranscriptChanged(self._transcript_html()))
+        if line is not None:
+            self._emit(ErrorChanged(line))
         if prompt is not None:
             self._emit(PromptChanged(prompt))
         if request is not None:
@@ -535,10 +599,16 @@ class PanelSession:
         elif event.kind == "final" and self.controller.hands_free and self.controller.queued:
             self._set_status(activity=f"{len(self.controller.queued)} sentence(s) waiting")
 
+    def _transcript_html(self) -> str:
+        return self.controller.transcript.to_html(self._screen.mask)
+
     # --- generation -------------------------------------------------------------------------------
 
-    def generate(self, prompt: str, *, image_count: int, seed: int | None) -> GenerationRequest:
+    def generate(self, prompt: str, *, image_count: int, seed: int | None) -> GenerationRequest | None:
         """Generate images for ``prompt``, now or after the running generation.
+
+        Returns the request, or ``None`` when the classroom filter refused the prompt: nothing is
+        sent, and the line says why (a refusal is an answer, not an error).
 
         Raises
         ------
@@ -546,6 +616,10 @@ class PanelSession:
             Empty prompt, or image count out of range.
         """
         request = self.controller.make_request(prompt, image_count=image_count, seed=seed)
+        line = self._screen.refuse(request.prompt, WHERE_PANEL)
+        if line is not None:
+            self._emit(ErrorChanged(line))
+            return None
         self.clear_error()
         started = self.controller.submit(request)
         if started is not None:
@@ -561,10 +635,14 @@ class PanelSession:
     def _generation_worker(self, request: GenerationRequest | None) -> None:
         while request is not None and not self._closed:
             entry = None
+            before = self._grid
             try:
                 entry = self._run_generation(request)
             except Exception as exc:
-                self.report(exc)
+                if is_prompt_blocked(exc):
+                    self._server_refused(request, exc, before)
+                else:
+                    self.report(exc)
                 if isinstance(exc, ServerUnreachable):
                     self._mark_unavailable()
                 self._set_status(activity="")
@@ -573,7 +651,22 @@ class PanelSession:
                 self._emit(HistoryChanged(tuple(self.controller.history)))
         self._idle.set()
 
-    def _run_generation(self, request: GenerationRequest) -> HistoryEntry:
+    def _server_refused(self, request: GenerationRequest, exc: BaseException, before: Grid) -> None:
+        """The server's filter refused the prompt: the same line as the panel's, the grid as it was."""
+        category = blocked_category(exc)
+        self._screen.record(WHERE_SERVER, category, request.prompt)
+        self._show_grid(before)
+        self._emit(ErrorChanged(refusal_line(category)))
+
+    def _run_generation(self, request: GenerationRequest) -> HistoryEntry | None:
+        # Checked again here, where it is sent: every prompt entering the queue was checked, but a
+        # request must never leave without the filter's word even if a path forgot to ask.
+        where = WHERE_PANEL if request.turn is None else WHERE_HANDS_FREE
+        line = self._screen.refuse(request.prompt, where)
+        if line is not None:
+            self._emit(ErrorChanged(line))
+            self._set_status(activity="")
+            return None
         count = request.image_count
         self._set_status(activity=f"generating {count} image{'s' if count > 1 else ''}…")
         self._show_grid(Grid.empty(request.id, count))
@@ -581,6 +674,7 @@ class PanelSession:
         if self._server_state is not ServerState.READY or self._status.images != self._ready_label():
             self._mark_ready()  # it came up after a failure, or connect() named another server
         seed, engine = request.seed, ""
+        withheld: set[int] = set()  # tiles the server's picture check replaced by its placeholder
         for event in client.generate_stream(request.prompt, num_images=count, seed=request.seed):
             match event:
                 case QueuedEvent(position=position):
@@ -591,6 +685,8 @@ class PanelSession:
                         self._show_grid(self._grid.with_preview(preview))
                 case ImageEvent(index=index, image=image):
                     self._show_grid(self._grid.with_image(index, image))
+                    if getattr(event, "withheld", False) is True:  # the tile is the server's placeholder
+                        withheld.add(index)
                 case DoneEvent(seed=done_seed, engine=done_engine):
                     seed, engine = seed_of(done_seed), done_engine or ""
         images = self._grid.final_images()
@@ -598,7 +694,9 @@ class PanelSession:
             raise BadServerResponse("The image server finished without sending an image: try again.")
         entry = HistoryEntry(request.id, request.prompt, seed, images, engine)
         self._show_grid(dataclasses.replace(self._grid, entry=entry))
-        self._set_status(activity="")
+        for _index in sorted(withheld):  # the teacher's log has them too, whichever server it was
+            self._screen.record(WHERE_SERVER_IMAGE, PICTURE_CATEGORY, request.prompt)
+        self._set_status(activity=withheld_line(len(withheld)) if withheld else "")
         return entry
 
     def _open_images(self) -> ImageClient:

@@ -31,6 +31,8 @@ API (import from ``tests.browser.harness``; the fixtures are re-exported by ``te
     Navigates, waits until the kernel is connected and idle (classic: and its widget manager is
     there), runs all cells or none. Works for Lab 4, Notebook 7 and classic Notebook 6.5.
 ``run_cell(page, index)`` -- run one cell on the page's own session (Shift+Enter).
+``wait_for_widget(page, locator, screenshot, *, timeout_ms)`` -- wait for a widget to show; if it
+    does not, fail with a screenshot and every cell's prompt and output (what a person would see).
 ``choose_file(page, selector, path)`` -- click the file control at ``selector`` and pick ``path``
     in the browser's file chooser (ipywidgets' FileUpload keeps its ``<input>`` out of the DOM).
 ``wait_kernel_idle(page, *, name='', timeout_s=)`` -- the page's (current) notebook kernel is idle.
@@ -112,6 +114,7 @@ __all__ = [
     "launch_chromium",
     "open_notebook",
     "run_cell",
+    "wait_for_widget",
     "wait_kernel_idle",
     "write_notebook",
 ]
@@ -408,13 +411,17 @@ _KERNEL_IDLE_JS = """(name) => {
 }"""
 
 
-# Classic Notebook 6.5: one notebook per page; its widget manager must exist before cells run, or
-# the widgets' comm_open finds no target and nothing renders.
+# Classic Notebook 6.5: one notebook per page. Its widget manager must exist before cells run, or
+# the widgets' comm_open finds no target; and it must have finished starting: once it has asked
+# the kernel for the widgets that already exist, it re-renders every widget output in the page,
+# and a widget displayed in between is then hidden (its output's model id was cleared when its
+# first view was removed). The "Widgets" menu (#widget-submenu) is added when that is done.
 _CLASSIC_KERNEL_IDLE_JS = """(name) => {
   const nb = window.Jupyter && window.Jupyter.notebook;
   const k = nb && nb.kernel;
   if (!k || (name && !(nb.notebook_path || '').endsWith(name))) return false;
-  return !!(k.is_connected() && !nb.kernel_busy && k.widget_manager);
+  const started = !!document.querySelector('#widget-submenu');
+  return !!(k.is_connected() && !nb.kernel_busy && k.widget_manager && started);
 }"""
 
 
@@ -459,6 +466,31 @@ def run_cell(page: Any, index: int) -> None:
         }""",
         index,
     )
+
+
+#: the prompt and output text of every cell of the page (classic Notebook, Notebook 7, JupyterLab)
+CELL_STATE_JS = """() => Array.from(document.querySelectorAll('.cell, .jp-Cell')).map((cell, i) => {
+  const prompt = cell.querySelector('.input_prompt, .jp-InputPrompt');
+  const out = Array.from(cell.querySelectorAll('.output_area, .jp-OutputArea-child'))
+    .map((o) => o.innerText).join(' | ');
+  return `cell ${i} ${prompt ? prompt.innerText.trim() : ''} output: ${out.slice(0, 2000)}`;
+}).join('\\n')"""
+
+
+def wait_for_widget(page: Any, locator: Any, screenshot: Path, *, timeout_ms: float) -> None:
+    """Wait for ``locator`` to show; if it does not, fail with a screenshot and what each cell shows
+    (its prompt, ``In [*]`` while it runs, and its output: a line the widget printed, if any)."""
+    import pytest
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    try:
+        locator.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeoutError:
+        page.screenshot(path=str(screenshot))
+        pytest.fail(
+            f"the widget did not show in {timeout_ms / 1000:.0f} s ({screenshot.name}):\n"
+            + page.evaluate(CELL_STATE_JS)
+        )
 
 
 def choose_file(page: Any, selector: str, path: Path, *, timeout_s: float = 10.0) -> None:

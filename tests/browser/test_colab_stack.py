@@ -31,6 +31,7 @@ from .harness import (
     launch_chromium,
     open_notebook,
     run_cell,
+    wait_for_widget,
     write_notebook,
 )
 from .test_panel_browser import IMAGE_COUNT, NOTEBOOK, decoded_images, record_once
@@ -46,27 +47,6 @@ COLAB_VERSIONS = {"ipywidgets": "7.7.1", "ipykernel": "6.17.1", "IPython": "7.34
 def images_shown_js(count: int) -> str:
     """A page condition: the grid shows ``count`` finished images."""
     return f"() => document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length === {count}"
-
-
-#: the text of every cell's prompt and output area in a classic notebook page
-CELL_STATE_JS = """() => Array.from(document.querySelectorAll('.cell')).map((cell, i) => {
-  const prompt = cell.querySelector('.input_prompt');
-  const out = Array.from(cell.querySelectorAll('.output_area')).map((o) => o.innerText).join(' | ');
-  return `cell ${i} ${prompt ? prompt.innerText.trim() : ''} output: ${out.slice(0, 2000)}`;
-}).join('\\n')"""
-
-
-def wait_for_widget(page, locator, screenshot, *, timeout_ms):
-    """Wait for ``locator`` to show; if it does not, fail with a screenshot and what each cell shows
-    (its prompt, ``In [*]`` while it runs, and its output: an error the widget printed, if any)."""
-    try:
-        locator.wait_for(timeout=timeout_ms)
-    except PlaywrightTimeoutError:
-        page.screenshot(path=str(screenshot))
-        pytest.fail(
-            f"the widget did not show in {timeout_ms / 1000:.0f} s ({screenshot.name}):\n"
-            + page.evaluate(CELL_STATE_JS)
-        )
 
 
 PANEL_STATE_JS = """() => ['.s2i-status', '.s2i-error-line', '.s2i-recorder-error', '.s2i-transcript']
@@ -225,5 +205,59 @@ def test_tutorial_panel_speech_to_images_then_an_upload_hands_free(
                 assert "moon" in page.locator(".s2i-prompt textarea").input_value().lower()
                 assert kernel.json("panel.error_text") == ""
                 panel.screenshot(path=artifacts_dir / "panel_upload_classic.png")
+    finally:
+        browser.close()
+
+
+#: A panel alone, as the panel notebook's last code cell makes it.
+PANEL_CELL = "from speech2image_nb import app\npanel = app()"
+#: anywidget's nbextension as a page has it before that extension has run (or when it never does):
+#: the page's module loader does not know where ``anywidget`` lives.
+EXTENSION_NOT_RUN = "define(function () { return {load_ipython_extension: function () {}}; });"
+
+
+def test_the_panel_shows_when_anywidgets_extension_has_not_run_yet(
+    colab_stack, playwright_instance, artifacts_dir
+):
+    """Classic NB 6.5: the panel shows even when its cell runs before anywidget's extension has run."""
+    name = "extension_not_run.ipynb"
+    write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
+    browser = launch_chromium(playwright_instance)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.route(
+            "**/nbextensions/anywidget/extension.js*",
+            lambda route: route.fulfill(status=200, content_type="text/javascript", body=EXTENSION_NOT_RUN),
+        )
+        open_notebook(page, colab_stack, name)
+        wait_for_widget(
+            page,
+            page.locator(".s2i-panel .s2i-recorder-button"),
+            artifacts_dir / "colab_extension_not_run.png",
+            timeout_ms=60 * MS,
+        )
+        assert page.locator(".s2i-not-shown").count() == 0
+    finally:
+        browser.close()
+
+
+def test_a_panel_that_cannot_show_says_what_to_do_in_its_cell(
+    colab_stack, playwright_instance, artifacts_dir
+):
+    """Classic NB 6.5: when the recorder's front end cannot load, the blank cell says: reload, run again."""
+    from speech2image_nb.frontend import PANEL_NOT_SHOWN
+
+    name = "front_end_missing.ipynb"
+    write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
+    browser = launch_chromium(playwright_instance)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.route("**/nbextensions/anywidget/index.js*", lambda route: route.fulfill(status=404, body=""))
+        open_notebook(page, colab_stack, name)
+        line = page.locator(".s2i-not-shown")
+        wait_for_widget(page, line, artifacts_dir / "colab_not_shown_line.png", timeout_ms=60 * MS)
+        page.screenshot(path=str(artifacts_dir / "colab_not_shown_line.png"))
+        assert line.inner_text().strip() == PANEL_NOT_SHOWN
+        assert page.locator(".s2i-panel").count() == 0
     finally:
         browser.close()

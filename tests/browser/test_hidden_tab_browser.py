@@ -24,7 +24,7 @@ import pytest
 from speech2image_nb.recorder.widget import SUSPENDED_NOTICE
 from tests.conftest import TIME_FACTOR
 
-from .harness import KernelClient, launch_chromium, open_notebook, run_cell, write_notebook
+from .harness import KernelClient, launch_chromium, open_notebook, run_cell, wait_for_widget, write_notebook
 from .test_recorder_browser import FAKE_MIC_WAV, SETUP, assert_matches_fake_mic, kernel_pcm
 
 pytestmark = pytest.mark.browser
@@ -75,7 +75,9 @@ def test_hidden_tab_ends_the_take_with_what_was_recorded_and_the_next_take_works
         open_notebook(page, lab_server, name, run_all=False)
         run_cell(page, 0)
         button = page.locator(".s2i-recorder-button")
-        button.wait_for(timeout=30_000 * TIME_FACTOR)
+        wait_for_widget(
+            page, button, artifacts_dir / "hidden_tab_browser_no_widget.png", timeout_ms=30_000 * TIME_FACTOR
+        )
         cdp = context.new_cdp_session(page)
         with KernelClient(lab_server, lab_server.kernel_id(name)) as kernel:
             assert kernel.wait_until("rec.frontend_loaded", timeout_s=10 * TIME_FACTOR)

@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import DATA_DIR, TIME_FACTOR
 from tests.fakes.assemblyai import FakeAssemblyAI
 
-from .harness import JupyterServer, KernelClient, launch_chromium, open_notebook
+from .harness import JupyterServer, KernelClient, launch_chromium, open_notebook, wait_for_widget
 
 pytestmark = pytest.mark.browser
 
@@ -86,7 +86,12 @@ def test_tutorial_notebook_speech_to_images(
         page = browser.new_page(viewport={"width": 1100, "height": 1000})
         open_notebook(page, server, NOTEBOOK.name)
         panel = page.locator(".s2i-panel")
-        page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
+        wait_for_widget(
+            page,
+            page.locator(".s2i-recorder-button"),
+            artifacts_dir / "panel_browser_no_widget.png",
+            timeout_ms=60 * MS,
+        )
         with KernelClient(server, server.kernel_id(NOTEBOOK.name)) as kernel:
             assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), kernel.json(
                 "panel.error_text"
@@ -163,7 +168,12 @@ def test_microphone_denied_shows_one_line_and_typed_prompt_still_draws(
     try:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         open_notebook(page, server, NOTEBOOK.name)
-        page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
+        wait_for_widget(
+            page,
+            page.locator(".s2i-recorder-button"),
+            artifacts_dir / "panel_browser_no_widget.png",
+            timeout_ms=60 * MS,
+        )
         with KernelClient(server, server.kernel_id(NOTEBOOK.name)) as kernel:
             assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR)
             page.locator(".s2i-recorder-button").click()

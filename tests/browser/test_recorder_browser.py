@@ -12,7 +12,15 @@ from speech2image_nb.recorder.widget import ERROR_MESSAGES
 from tests.conftest import DATA_DIR, TIME_FACTOR
 
 from .audio_match import best_envelope_match, read_wav_mono, rms_envelope
-from .harness import INSECURE_HOST, KernelClient, launch_chromium, open_notebook, run_cell, write_notebook
+from .harness import (
+    INSECURE_HOST,
+    KernelClient,
+    launch_chromium,
+    open_notebook,
+    run_cell,
+    wait_for_widget,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -68,7 +76,9 @@ def test_click_to_record_streams_and_kernel_can_start_and_stop(
         run_cell(page, 0)
         widget = page.locator(".s2i-recorder")
         button = page.locator(".s2i-recorder-button")
-        button.wait_for(timeout=30_000 * TIME_FACTOR)
+        wait_for_widget(
+            page, button, artifacts_dir / "recorder_browser_no_widget.png", timeout_ms=30_000 * TIME_FACTOR
+        )
         with KernelClient(jupyter_server, jupyter_server.kernel_id(name)) as kernel:
             assert kernel.wait_until("rec.frontend_loaded", timeout_s=10 * TIME_FACTOR)
             widget.screenshot(path=artifacts_dir / f"recorder_idle_{stack}.png")
@@ -135,7 +145,9 @@ def test_webrtc_recorder_delivers_the_take_after_stop(lab_server, playwright_ins
         page = browser.new_page(viewport={"width": 1000, "height": 700})
         open_notebook(page, lab_server, name)
         button = page.locator(".widget-play .jupyter-button").first
-        button.wait_for(timeout=30_000 * TIME_FACTOR)
+        wait_for_widget(
+            page, button, artifacts_dir / "recorder_browser_no_widget.png", timeout_ms=30_000 * TIME_FACTOR
+        )
         with KernelClient(lab_server, lab_server.kernel_id(name)) as kernel:
             button.click()  # ipywebrtc's own button does not sync ``recording`` to the kernel
             page.wait_for_function(
@@ -232,7 +244,9 @@ def test_error_shows_in_widget_and_reaches_kernel(code, lab_server, error_browse
         page = context.new_page()
         open_notebook(page, lab_server, name, host=host)
         button = page.locator(".s2i-recorder-button")
-        button.wait_for(timeout=30_000 * TIME_FACTOR)
+        wait_for_widget(
+            page, button, artifacts_dir / "recorder_browser_no_widget.png", timeout_ms=30_000 * TIME_FACTOR
+        )
         with KernelClient(lab_server, lab_server.kernel_id(name)) as kernel:
             kernel.wait_until("rec.frontend_loaded", timeout_s=10 * TIME_FACTOR)
             button.click()

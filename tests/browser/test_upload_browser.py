@@ -25,6 +25,7 @@ from .harness import (
     choose_file,
     launch_chromium,
     open_notebook,
+    wait_for_widget,
 )
 from .test_colab_stack import images_shown_js
 from .test_panel_browser import NOTEBOOK, decoded_images
@@ -69,7 +70,12 @@ def test_without_a_microphone_uploads_draw_and_bad_files_get_one_line_each(
         page = context.new_page()
         open_notebook(page, server, NOTEBOOK.name)
         panel = page.locator(".s2i-panel")
-        page.locator(".s2i-recorder-button").wait_for(timeout=60 * MS)
+        wait_for_widget(
+            page,
+            page.locator(".s2i-recorder-button"),
+            artifacts_dir / "upload_browser_no_widget.png",
+            timeout_ms=60 * MS,
+        )
         with KernelClient(server, server.kernel_id(NOTEBOOK.name)) as kernel:
             assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR), kernel.json(
                 "panel.error_text"
