@@ -206,6 +206,20 @@ def test_off_logs_its_warning_once_and_checks_nothing(server_logs, monkeypatch):
     assert len(warnings) == 1
 
 
+def test_pictures_unchecked_when_the_policy_says_so():
+    """check_images=False: prompts are still checked, no picture check is loaded (even a broken one)."""
+    engine = NoiseEngine(size_px=SIZE_PX)
+    policy = Policy(check_images=False)
+    with running_server(engine, safety=policy, image_checker="/no/such/model") as server:
+        assert_refused(requests.post(server.url + "/generate", json={"text": REFUSED}, timeout=10))
+        answer = requests.post(server.url + "/generate", json={"text": "a fox", "num_images": 2}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["withheld"] == []
+        assert requests.get(server.url + "/", timeout=5).json()["safety"] == {
+            "level": "strict",
+            "pictures": False,
+        }
+
+
 # --- pictures -----------------------------------------------------------------------------------
 
 
