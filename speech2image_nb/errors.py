@@ -26,6 +26,7 @@ sentences a teacher understands. Secrets never appear in a message.
     │   ├── SessionExpired           the session hit its maximum duration (close 3008)
     │   └── TooManySessions          too many concurrent sessions (close 3009)
     ├── ModelNotAvailable            model weights are missing and cannot be fetched
+    ├── PromptBlocked                the classroom filter refused the prompt (nothing was drawn)
     ├── ImageServerError             the image server answered, but not with images
     │   ├── ServerError              an HTTP error status with the server's code and message
     │   └── BadServerResponse        the answer is not what the API promises
@@ -52,6 +53,7 @@ __all__ = [
     "MicrophonePermissionDenied",
     "MicrophoneUnavailable",
     "ModelNotAvailable",
+    "PromptBlocked",
     "RecorderError",
     "ServerError",
     "ServerUnreachable",
@@ -207,6 +209,40 @@ class ModelNotAvailable(Speech2ImageError):
 
 
 # --- image server ------------------------------------------------------------------------------
+
+#: how a refusal names each category of the classroom filter (what follows "refuses")
+BLOCKED_CATEGORY_WORDS = {
+    "sexual": "sexual content",
+    "violence": "violent content",
+    "self_harm": "content about self-harm",
+    "drugs": "content about drugs",
+    "hate": "hateful content",
+    "weapons": "content about weapons",
+    "profanity": "rude words",
+    "custom": "a word the teacher blocked",
+}
+
+
+class PromptBlocked(Speech2ImageError):
+    """The classroom filter refused the prompt: nothing was drawn.
+
+    ``category`` is the filter's category (``"sexual"``, ``"violence"``, ``"self_harm"``,
+    ``"drugs"``, ``"hate"``, ``"custom"`` for a teacher's own word, ...; ``None`` when the server
+    did not say). The message names the category and never repeats the prompt; with no message
+    given, it is :meth:`describe` of the category.
+    """
+
+    def __init__(self, category: str | None, message: str | None = None) -> None:
+        super().__init__(message or self.describe(category))
+        self.category = category
+
+    @staticmethod
+    def describe(category: str | None) -> str:
+        """The neutral sentence a refusal of ``category`` shows (the server answers with it too)."""
+        if category is None:
+            return "This prompt was not drawn: the classroom filter refused it."
+        words = BLOCKED_CATEGORY_WORDS.get(category, f"{category.replace('_', ' ')} content")
+        return f"This prompt was not drawn: the classroom filter refuses {words}."
 
 
 class ImageServerError(Speech2ImageError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,21 @@ ARTIFACTS_DIR = Path(os.environ.get("S2I_ARTIFACTS_DIR", Path(__file__).parents[
 
 #: Multiply every time limit in tests by this (slow CI machines).
 TIME_FACTOR = float(os.environ.get("S2I_TESTS_TIME_FACTOR", "1"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every server a test starts checks its pictures (the default) with a tiny classifier that
+    calls every picture normal: built once per session (numpy only, milliseconds) and named in
+    S2I_SAFETY_IMAGE_MODEL, so servers in subprocesses and behind browsers inherit it. A test that
+    sets its own value (or passes its own checker) wins."""
+    from speech2image_nb.safety.images import IMAGE_MODEL_ENV, save_random_image_classifier
+
+    if os.environ.get(IMAGE_MODEL_ENV):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="s2i-tests-picture-check-"))
+    save_random_image_classifier(folder / "normal", verdict="normal")
+    os.environ[IMAGE_MODEL_ENV] = str(folder / "normal")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ def test_server_notebook_runs_in_test_mode(monkeypatch, tmp_path, tiny_image_env
     assert 'connect("https://fox-snow-test.trycloudflare.com", token="' in text
     assert "    https://fox-snow-test.trycloudflare.com/t/" in text  # the Playground backend URL
     assert '"POST /generate HTTP/1.1" 200' in text  # requests are shown as they come
+    assert "classroom filter: strict" in text  # on by default
     assert "server stopped" in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])), (
         "the check cell showed an image"

@@ -10,8 +10,10 @@ Every call has a finite ``(connect, read)`` timeout, answers are read with a siz
 failure is one of :class:`~speech2image_nb.errors.ServerUnreachable` (no answer, or the connection
 closed mid-answer; :class:`~speech2image_nb.errors.TunnelGone` when the address was a tunnel that
 is gone, see :mod:`~speech2image_nb.images.tunnels`),
-:class:`~speech2image_nb.errors.AuthError` (token refused), :class:`~speech2image_nb.errors.ServerError`
-(an error status with the server's code and message) or
+:class:`~speech2image_nb.errors.AuthError` (token refused),
+:class:`~speech2image_nb.errors.PromptBlocked` (the server's classroom filter refused the prompt:
+``prompt_blocked``, as an answer or as a stream's error event),
+:class:`~speech2image_nb.errors.ServerError` (an error status with the server's code and message) or
 :class:`~speech2image_nb.errors.BadServerResponse` (not JSON, not base64, not an image, wrong shape,
 too large), always raised ``from`` the original exception.
 """
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..config import Secret
-from ..errors import AuthError, BadServerResponse, ServerError, ServerUnreachable, TunnelGone
+from ..errors import AuthError, BadServerResponse, PromptBlocked, ServerError, ServerUnreachable, TunnelGone
 from .protocol import (
     GENERATE_ROUTE,
     HEALTH_ROUTE,
@@ -89,6 +91,8 @@ class Generation:
     prompt: str  # as the engine read it
     timings: dict[str, float]  # queued_s, generate_s, encode_s (server side), total_s (client side)
     prompt_truncated: PromptTruncation | None = None  # set when the engine read only part of the prompt
+    #: indexes of the images the server's classroom filter withheld (each is a neutral placeholder)
+    withheld: tuple[int, ...] = ()
 
 
 # --- what only older servers do ------------------------------------------------------------------
@@ -121,6 +125,12 @@ def parse_images_body(body: Any) -> GenerateAnswer:
             raise BadServerResponse("The image server answered with no images.")
         return GenerateAnswer(images=body, image_format="jpeg")
     return parse_generate_answer(body)
+
+
+def _raise_if_blocked(error: ErrorEvent) -> None:
+    """A ``prompt_blocked`` error as :class:`PromptBlocked` (its category, the server's sentence)."""
+    if error.code == "prompt_blocked":
+        raise PromptBlocked(error.category, error.message or None)
 
 
 def _foreign_error(status: int, raw: bytes) -> ErrorEvent:
@@ -342,6 +352,7 @@ class ImageClient:
                 service=SERVICE,
             )
         error = parse_error_body(raw) or _foreign_error(status, raw)
+        _raise_if_blocked(error)
         retry_after = response.headers.get("Retry-After", "")
         raise ServerError(
             status,
@@ -407,6 +418,7 @@ class ImageClient:
             prompt=answer.prompt if answer.prompt is not None else text,
             timings=timings,
             prompt_truncated=answer.prompt_truncated,
+            withheld=tuple(answer.withheld),
         )
 
     def generate_stream(
@@ -438,7 +450,7 @@ class ImageClient:
                 return
         result = self.generate(text, num_images=num_images, seed=seed, image_format=image_format, **options)
         for index, image in enumerate(result.images):
-            yield ImageEvent(index, image)
+            yield ImageEvent(index, image, index in result.withheld)
         yield DoneEvent(result.seed, result.timings, result.engine, result.prompt, result.prompt_truncated)
 
     def _events(self, response: requests.Response) -> Iterator[StreamEvent]:
@@ -471,6 +483,7 @@ class ImageClient:
                 for name, data in parser.feed(chunk):
                     event = parse_event(name, data)
                     if isinstance(event, ErrorEvent):
+                        _raise_if_blocked(event)
                         raise ServerError(status_of(event.code), event.code, event.message)
                     if event is not None:
                         yield event

@@ -19,7 +19,12 @@ In short:
 - ``POST /generate/stream`` reads the same body and answers server-sent events: ``queued``,
   ``progress``, ``image`` per picture, then ``done`` (or ``error``), each with a JSON ``data``.
 - Every failure is ``{"error": {"code", "message"}}`` with the HTTP status of its code
-  (:data:`ERROR_STATUS`).
+  (:data:`ERROR_STATUS`). A prompt the classroom filter refuses is ``prompt_blocked`` (422, with
+  the filter's ``category``), answered before any engine work; on the streaming route it is the
+  stream's one ``error`` event.
+- A picture (or preview) the classroom filter flags never leaves the server: an image is replaced
+  by a neutral placeholder of the same size and reported in the answer's ``withheld`` list (a
+  streamed image event says ``"withheld": true``); a flagged preview is dropped.
 
 What only older DALL-E Playground backends do (a bare list as the answer, HTML error pages) is
 the client's business, not part of this contract.
@@ -142,6 +147,7 @@ ERROR_STATUS: Mapping[str, int] = types.MappingProxyType(
         "payload_too_large": 413,
         "prompt_too_long": 413,
         "invalid_request": 422,
+        "prompt_blocked": 422,  # the classroom filter refused the prompt; nothing was drawn
         "engine_error": 500,
         "internal_error": 500,
         "queue_full": 503,
@@ -164,19 +170,24 @@ class RequestRejected(Exception):
     """A request the server refuses: ``code`` (a key of :data:`ERROR_STATUS`) and a one-sentence ``message``.
 
     The server answers it as :func:`error_body` with ``status``; it never reaches a user of the
-    package as an exception.
+    package as an exception. ``category`` is set for ``prompt_blocked`` only (the filter's category).
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, category: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status_of(code)
+        self.category = category
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """The JSON error answer (a message that echoes request text is made valid UTF-8 first)."""
-    return {"error": {"code": code, "message": message.encode("utf-8", "replace").decode("utf-8")}}
+def error_body(code: str, message: str, *, category: str | None = None) -> dict[str, Any]:
+    """The JSON error answer (a message that echoes request text is made valid UTF-8 first);
+    ``category`` (``prompt_blocked`` only) is added to the error object when given."""
+    error: dict[str, Any] = {"code": code, "message": message.encode("utf-8", "replace").decode("utf-8")}
+    if category is not None:
+        error["category"] = category
+    return {"error": error}
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -337,6 +348,8 @@ class GenerateAnswer:
     prompt: str | None = None  # the prompt as the engine read it
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)  # queued_s, generate_s, encode_s
     prompt_truncated: PromptTruncation | None = None  # None: the engine read the whole prompt
+    #: indexes of the images the classroom filter withheld (each is the neutral placeholder)
+    withheld: Sequence[int] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object the server sends."""
@@ -348,6 +361,7 @@ class GenerateAnswer:
             "prompt": self.prompt,
             "prompt_truncated": self.prompt_truncated.to_json() if self.prompt_truncated else None,
             "timings": dict(self.timings),
+            "withheld": list(self.withheld),
         }
 
 
@@ -366,7 +380,21 @@ def parse_generate_answer(body: Any) -> GenerateAnswer:
         prompt=_str_or_none(body.get("prompt")),
         timings=_number_dict(body.get("timings")),
         prompt_truncated=_truncation(body.get("prompt_truncated")),
+        withheld=_indexes(body.get("withheld"), len(images)),
     )
+
+
+def _indexes(value: Any, count: int) -> tuple[int, ...]:
+    """The valid image indexes in ``value`` (a JSON list), sorted and without repeats."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        sorted({i for i in value if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count})
+    )
+
+
+def _category(value: Any) -> str | None:
+    return value[:50] if isinstance(value, str) and value else None
 
 
 def parse_error_body(raw: bytes) -> ErrorEvent | None:
@@ -377,7 +405,9 @@ def parse_error_body(raw: bytes) -> ErrorEvent | None:
         return None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
-        return ErrorEvent(error["code"][:100], str(error.get("message", ""))[:500])
+        return ErrorEvent(
+            error["code"][:100], str(error.get("message", ""))[:500], _category(error.get("category"))
+        )
     return None
 
 
@@ -437,10 +467,12 @@ class ProgressEvent:
 
 @dataclasses.dataclass(frozen=True)
 class ImageEvent:
-    """Image ``index`` is finished."""
+    """Image ``index`` is finished; ``withheld``: the classroom filter flagged it, and ``image`` is
+    the neutral placeholder in its place."""
 
     index: int
     image: Image.Image
+    withheld: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,10 +488,12 @@ class DoneEvent:
 
 @dataclasses.dataclass(frozen=True)
 class ErrorEvent:
-    """The request failed: an error ``code`` (see :data:`ERROR_STATUS`) and the server's message."""
+    """The request failed: an error ``code`` (see :data:`ERROR_STATUS`) and the server's message
+    (and for ``prompt_blocked``, the classroom filter's ``category``)."""
 
     code: str
     message: str
+    category: str | None = None
 
 
 #: what a client's stream yields (an ``error`` event is raised as ServerError instead)
@@ -496,7 +530,10 @@ def _event_data(event: ServerEvent, image_format: str) -> dict[str, Any]:
             data["preview"] = encode_image(event.preview, "jpeg", quality=PREVIEW_JPEG_QUALITY)
         return data
     if isinstance(event, ImageEvent):
-        return {"index": event.index, "data": encode_image(event.image, image_format), "format": image_format}
+        data = {"index": event.index, "data": encode_image(event.image, image_format), "format": image_format}
+        if event.withheld:
+            data["withheld"] = True
+        return data
     if isinstance(event, DoneEvent):
         truncated = event.prompt_truncated.to_json() if event.prompt_truncated else None
         return {
@@ -506,7 +543,8 @@ def _event_data(event: ServerEvent, image_format: str) -> dict[str, Any]:
             "prompt_truncated": truncated,
             "timings": event.timings,
         }
-    return {"code": event.code, "message": event.message}
+    error: dict[str, Any] = error_body(event.code, event.message, category=event.category)["error"]
+    return error
 
 
 def encode_event(event: ServerEvent, *, image_format: str = DEFAULT_IMAGE_FORMAT) -> bytes:
@@ -523,7 +561,9 @@ def _decode_event(name: str, payload: dict[str, Any]) -> ServerEvent | None:
             int(payload["step"]), int(payload["total"]), decode_image(preview) if preview else None
         )
     if name == "image":
-        return ImageEvent(int(payload["index"]), decode_image(payload["data"]))
+        return ImageEvent(
+            int(payload["index"]), decode_image(payload["data"]), payload.get("withheld") is True
+        )
     if name == "done":
         return DoneEvent(
             _int_or_none(payload.get("seed")),
@@ -533,7 +573,11 @@ def _decode_event(name: str, payload: dict[str, Any]) -> ServerEvent | None:
             _truncation(payload.get("prompt_truncated")),
         )
     if name == "error":
-        return ErrorEvent(str(payload.get("code", "error"))[:100], str(payload.get("message", ""))[:500])
+        return ErrorEvent(
+            str(payload.get("code", "error"))[:100],
+            str(payload.get("message", ""))[:500],
+            _category(payload.get("category")),
+        )
     return None
 
 

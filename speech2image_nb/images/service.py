@@ -174,7 +174,7 @@ class ImageService:
             model_dir=self.settings.model_dir,
             on_progress=self._on_progress,
             wait=False,
-            # safety=safety,  # ISSUE-21 MERGE: enable once start_background(safety=) lands (server side)
+            safety=safety,
         )
         self._starting = server
         try:

@@ -23,6 +23,8 @@ from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from ..safety import Policy, RefusalLog
+    from ..safety.images import ImageChecker
     from .app import create_app
     from .engines.base import Engine, LoadProgress
 
@@ -113,6 +115,17 @@ class BackgroundServer:
             self._socket.close()
             self._done.set()
 
+    @property
+    def app(self) -> FastAPI:
+        """The app being served (``app.state.config`` holds its settings, the classroom filter's too)."""
+        return self._app
+
+    @property
+    def refusals(self) -> RefusalLog:
+        """The log of refused prompts and withheld pictures (the teacher's; never sent to clients)."""
+        refusals: RefusalLog = self._app.state.refusals
+        return refusals
+
     def start(self) -> BackgroundServer:
         """Start the thread (engine loading begins)."""
         self._thread.start()
@@ -191,6 +204,8 @@ def start_background(
     save_dir: str | Path | None = None,
     cors_origins: Sequence[str] = ("*",),
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+    safety: Policy | None = None,
+    image_checker: ImageChecker | str | None = None,
 ) -> BackgroundServer:
     """Start an image server in a background thread of this process.
 
@@ -217,6 +232,10 @@ def start_background(
         Limits, as for :func:`~speech2image_nb.server.app.create_app`.
     save_dir, cors_origins, batch_wait_s
         As for :func:`~speech2image_nb.server.app.create_app`.
+    safety, image_checker
+        The classroom filter, as for :func:`~speech2image_nb.server.app.create_app`: default
+        ``Policy.resolve()`` (strict unless ``S2I_SAFETY`` says otherwise) and the default picture
+        check, loaded after the engine (its progress reported through ``on_progress``).
     """
     from ..shutdown import process_exiting, watch_exit
 
@@ -240,6 +259,8 @@ def start_background(
         cors_origins=cors_origins,
         load_progress=on_progress,
         batch_wait_s=batch_wait_s,
+        safety=safety,
+        image_checker=image_checker,
     )
     server = BackgroundServer(app, host=host, port=port, token=token, access_log=access_log).start()
     if wait:

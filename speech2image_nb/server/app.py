@@ -5,8 +5,10 @@
 (:mod:`.routes`), what they read from ``app.state`` (:mod:`.settings`, :mod:`.state`), the path
 clean-up and URL token (:mod:`.paths`), the token check (:mod:`.auth`), how much of a prompt the
 engine reads (:mod:`.prompts`), the error answers (:mod:`.error_handlers`), the OpenAPI description
-(:mod:`.openapi`) and the batcher that runs the engine (:mod:`.batcher`). The engine loads in the
-app's lifespan, on the batcher's engine thread, never at construction.
+(:mod:`.openapi`), the batcher that runs the engine (:mod:`.batcher`) and the classroom filter
+(:mod:`.screening`: the prompt check before the engine, the picture check inside the engine's
+call). The engine, then the picture check's classifier, load in the app's lifespan, on the
+batcher's engine thread, never at construction.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from ..images.protocol import (
     RequestLimits,
     encode_image,
 )
+from ..safety import Policy, RefusalLog
+from ..safety.images import ImageChecker
+from ..safety.policy import warn_off_once
 from .auth import BearerAuth
 from .batcher import DEFAULT_BATCH_WAIT_S, Batcher
 from .engines.base import Engine, LoadProgress
@@ -33,21 +38,53 @@ from .error_handlers import ApiError, install_error_handlers
 from .openapi import install_openapi
 from .paths import CanonicalPath
 from .routes import router
+from .screening import ScreenedEngine
 from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S, ServerConfig
 
 __all__ = ["ApiError", "GenerateRequest", "create_app", "encode_image"]
 
 
+#: share of the load progress the engine reports in, when the picture check loads after it
+ENGINE_LOAD_SHARE = 0.9
+
+
+def _scaled(progress: LoadProgress | None, start: float, share: float) -> LoadProgress | None:
+    if progress is None:
+        return None
+    report = progress
+    return lambda fraction, message: report(start + share * min(max(fraction, 0.0), 1.0), message)
+
+
+def _load_checker(model: str | None, device: str, progress: LoadProgress | None) -> ImageChecker:
+    from ..safety.images import load_image_checker
+
+    return load_image_checker(model, device=device, progress=progress)
+
+
 def _lifespan(
-    engine: Engine, batcher: Batcher, load_progress: LoadProgress | None
+    engine: Engine,
+    batcher: Batcher,
+    load_progress: LoadProgress | None,
+    screened: ScreenedEngine | None,
+    checker_model: str | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """Load the engine on the batcher's thread at start-up; stop the batcher at shutdown."""
+    """Load the engine, then the picture check (when it is to be loaded), on the batcher's thread
+    at start-up; stop the batcher at shutdown."""
+    load_checker = screened is not None and screened.checker is None
+    engine_share = ENGINE_LOAD_SHARE if load_checker else 1.0
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         try:
-            await batcher.run_in_engine_thread(engine.load, load_progress)
+            await batcher.run_in_engine_thread(engine.load, _scaled(load_progress, 0.0, engine_share))
+            if load_checker:
+                assert screened is not None
+                device = str(getattr(engine, "device", "cpu") or "cpu")
+                checker_progress = _scaled(load_progress, engine_share, 1.0 - engine_share)
+                screened.checker = await batcher.run_in_engine_thread(
+                    _load_checker, checker_model, device, checker_progress
+                )
         except BaseException as exc:
             app.state.load_error = exc
             await batcher.stop()
@@ -75,6 +112,8 @@ def create_app(
     cors_origins: Sequence[str] = ("*",),
     load_progress: LoadProgress | None = None,
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+    safety: Policy | None = None,
+    image_checker: ImageChecker | str | None = None,
 ) -> FastAPI:
     """Build the image server around ``engine`` (loaded in the app's lifespan, not here).
 
@@ -96,23 +135,45 @@ def create_app(
         Called with ``(fraction, message)`` while the engine loads.
     batch_wait_s
         Longest gathering window of the batcher (see :mod:`.batcher`).
+    safety
+        The classroom filter (default :meth:`Policy.resolve() <speech2image_nb.safety.Policy.resolve>`:
+        ``strict`` unless the environment says otherwise). Refused prompts are answered
+        ``prompt_blocked`` before any engine work; with pictures checked (any level but ``off``,
+        unless ``check_images`` is False) every image and preview is checked before it is sent.
+    image_checker
+        The picture check: an :class:`~speech2image_nb.safety.images.ImageChecker`, or the model
+        to load (hub repo id or folder); default ``$S2I_SAFETY_IMAGE_MODEL`` or the default model,
+        loaded after the engine at start-up, on the engine's device. Not loaded when pictures are
+        not checked.
     """
+    policy = Policy.resolve() if safety is None else safety
+    if not policy.enabled:
+        warn_off_once()  # also for a Policy built without resolve()
     config = ServerConfig(
         limits=RequestLimits(max_images=max_images, max_prompt_chars=max_prompt_chars),
         request_timeout_s=request_timeout_s,
         save_dir=Path(save_dir) if save_dir is not None else None,
         needs_token=token is not None,
+        safety=policy,
     )
-    batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    refusals = RefusalLog()
+    screened: ScreenedEngine | None = None
+    checker_model: str | None = None
+    if config.checks_images:
+        given = None if isinstance(image_checker, str) else image_checker
+        checker_model = image_checker if isinstance(image_checker, str) else None
+        screened = ScreenedEngine(engine, given, refusals=refusals)
+    batcher = Batcher(screened or engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
     app = FastAPI(
         title="speech2image_nb image server",
         version=__version__,
         description="DALL-E Playground compatible image generation, with seeds, streaming and batching.",
-        lifespan=_lifespan(engine, batcher, load_progress),
+        lifespan=_lifespan(engine, batcher, load_progress, screened, checker_model),
         docs_url=None,
         redoc_url=None,
     )
     app.state.config = config
+    app.state.refusals = refusals
     app.include_router(router)
     install_openapi(app, engine, config.limits)
     install_error_handlers(app)

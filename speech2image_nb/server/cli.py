@@ -20,6 +20,7 @@ from ..images.protocol import RequestLimits
 from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 
 if TYPE_CHECKING:
+    from ..safety import Policy
     from . import BackgroundServer
     from .tunnel import Tunnel
 
@@ -86,7 +87,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--save-dir", help="also save every image here (files named by a random id)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
+    _add_safety_options(parser)
     return parser
+
+
+def _add_safety_options(parser: argparse.ArgumentParser) -> None:
+    """The classroom filter's flags (each defaults to its environment variable, then strict)."""
+    from ..safety import LEVELS
+    from ..safety.images import DEFAULT_IMAGE_MODEL, IMAGE_MODEL_ENV
+
+    group = parser.add_argument_group("classroom filter")
+    group.add_argument(
+        "--safety",
+        choices=LEVELS,
+        help="strict (the default; also $S2I_SAFETY), standard, or off (nothing is checked: not for a class)",
+    )
+    group.add_argument("--safety-block", metavar="WORDS", help='more words or phrases to refuse: "w1,w2"')
+    group.add_argument("--safety-allow", metavar="WORDS", help='words or phrases never refused: "w1,w2"')
+    group.add_argument(
+        "--safety-file", metavar="PATH", help="a text file of words: one a line, '+word' allows one"
+    )
+    group.add_argument(
+        "--safety-image-model",
+        metavar="ID_OR_DIR",
+        help=f"the picture check's classifier: hub repo id or folder (default ${IMAGE_MODEL_ENV}, "
+        f"else {DEFAULT_IMAGE_MODEL})",
+    )
+    group.add_argument(
+        "--safety-log-text",
+        action="store_true",
+        help="also write the text of refused prompts to this server's log (default: time, route, category)",
+    )
+
+
+def _policy(args: argparse.Namespace) -> Policy:
+    """The classroom filter the flags ask for (the environment fills in what they leave out)."""
+    from ..safety import Policy
+
+    return Policy.resolve(
+        args.safety,
+        blocked=args.safety_block,
+        allowed=args.safety_allow,
+        word_file=args.safety_file,
+        log_text=True if args.safety_log_text else None,
+    )
 
 
 class _ProgressBar:
@@ -122,6 +166,7 @@ def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServ
     from . import start_background
     from .engines import create_engine
 
+    policy = _policy(args)
     engine = create_engine(
         args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype, vae=args.vae
     )
@@ -139,7 +184,18 @@ def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServ
         max_batch=args.max_batch,
         request_timeout_s=args.request_timeout,
         save_dir=args.save_dir,
+        safety=policy,
+        image_checker=args.safety_image_model,
     )
+
+
+def _describe_filter(server: BackgroundServer) -> str:
+    """One line for the terminal: the level, and whether pictures are checked."""
+    config = server.app.state.config
+    if not config.safety.enabled:
+        return "off (prompts and pictures are not checked)"
+    pictures = "pictures checked" if config.checks_images else "pictures not checked"
+    return f"{config.safety.level} (prompts checked, {pictures})"
 
 
 def _open_tunnel(args: argparse.Namespace, server: BackgroundServer) -> Tunnel:
@@ -177,13 +233,15 @@ def _print_how_to_connect(public_url: str, token: str | None, *, created_token: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until Ctrl-C; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # the time on each line: the teacher's log of refusals says when (see speech2image_nb.safety)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token, created_token = _choose_token(args)
     server: BackgroundServer | None = None
     tunnel: Tunnel | None = None
     try:
         server = _start_server(args, token)
         print(f"ready: image server at {server.url} (engine {args.engine})", flush=True)
+        print(f"classroom filter: {_describe_filter(server)}", flush=True)
         public_url = server.url
         if args.tunnel:
             tunnel = _open_tunnel(args, server)

@@ -40,22 +40,36 @@ FRAMEWORK_MESSAGES = {
 
 
 class ApiError(RequestRejected):
-    """An error answer: a ``code`` (its HTTP ``status`` follows from it), a message, extra headers."""
+    """An error answer: a ``code`` (its HTTP ``status`` follows from it), a message, extra headers
+    (and for ``prompt_blocked``, the classroom filter's ``category``)."""
 
-    def __init__(self, code: str, message: str, *, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(code, message)
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        category: str | None = None,
+    ) -> None:
+        super().__init__(code, message, category=category)
         self.headers = dict(headers or {})
 
 
 def error_response(
-    scope: Scope, code: str, message: str, *, status: int, headers: Mapping[str, str] | None = None
+    scope: Scope,
+    code: str,
+    message: str,
+    *,
+    status: int,
+    headers: Mapping[str, str] | None = None,
+    category: str | None = None,
 ) -> JSONResponse:
     """The documented error body with ``status``; a 4xx is logged first (see the module docstring)."""
     if 400 <= status < 500:
         shown = message if len(message) <= LOGGED_MESSAGE_CHARS else message[:LOGGED_MESSAGE_CHARS] + "..."
         method, path = scope.get("method", ""), scope.get("path", "")
         logger.info("%s %s -> %d %s: %s", method, path, status, code, shown)
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, category=category), status_code=status, headers=headers)
 
 
 def engine_failure(exc: BaseException) -> ApiError:
@@ -68,7 +82,9 @@ def engine_failure(exc: BaseException) -> ApiError:
 async def _rejected(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestRejected)
     headers = getattr(exc, "headers", None)
-    return error_response(request.scope, exc.code, exc.message, status=exc.status, headers=headers)
+    return error_response(
+        request.scope, exc.code, exc.message, status=exc.status, headers=headers, category=exc.category
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

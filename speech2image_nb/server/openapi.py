@@ -36,7 +36,11 @@ ERROR_SCHEMA: dict[str, Any] = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "category": {"type": "string", "description": "prompt_blocked only: the filter's category"},
+            },
         }
     },
 }
@@ -59,12 +63,18 @@ ANSWER_SCHEMA: dict[str, Any] = {
             },
         },
         "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+        "withheld": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "indexes of images the classroom filter withheld (each is a neutral placeholder)",
+        },
     },
 }
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "queued {position}, progress {step, total, preview?}, image {index, data, format}, "
-    "done {seed, engine, prompt, prompt_truncated, timings}, error {code, message}; data is JSON",
+    "description": "queued {position}, progress {step, total, preview?}, image {index, data, format, "
+    "withheld?}, done {seed, engine, prompt, prompt_truncated, timings}, error {code, message, category?} "
+    "(a prompt the classroom filter refuses: one error event, prompt_blocked); data is JSON",
     "properties": {
         "event": {"type": "string", "enum": list(EVENT_NAMES.values())},
         "data": {"type": "string"},

@@ -1,14 +1,17 @@
 """The image server's routes: health, generate (also at ``/dalle``) and generate with streaming.
 
 Each route reads the engine, the batcher and the settings through the dependencies of
-:mod:`.state`, and the validated request through :func:`read_generate_request`; what the
-wire looks like is :mod:`speech2image_nb.images.protocol`'s business.
+:mod:`.state`, and the validated request through :func:`read_generate_request`, which also
+refuses a prompt the classroom filter blocks (:func:`~.screening.prompt_refusal`) before anything
+is queued; what the wire looks like is :mod:`speech2image_nb.images.protocol`'s business.
+Pictures the filter withheld (:func:`~.screening.is_withheld`) are reported and never saved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -26,8 +29,10 @@ from ..images.protocol import (
     MAX_BODY_BYTES,
     RANDOM_SEED_MAX,
     STREAM_ROUTE,
+    ErrorEvent,
     GenerateAnswer,
     GenerateRequest,
+    encode_event,
     encode_image,
     parse_generate_request,
 )
@@ -36,7 +41,8 @@ from .batcher import Batcher, QueueFullError, Ticket
 from .error_handlers import ApiError, engine_failure
 from .openapi import GENERATE_RESPONSES, STREAM_RESPONSES
 from .prompts import fit_prompt
-from .state import BatcherDep, ConfigDep, EngineDep
+from .screening import is_withheld, prompt_refusal
+from .state import BatcherDep, ConfigDep, EngineDep, RefusalsDep
 from .streaming import server_timings, stream_events
 
 if TYPE_CHECKING:
@@ -63,15 +69,38 @@ async def read_body(request: Request, *, limit_bytes: int = MAX_BODY_BYTES) -> b
     return b"".join(chunks)
 
 
-async def read_generate_request(request: Request, engine: EngineDep, config: ConfigDep) -> GenerateRequest:
-    """The validated request body, its prompt cut to what the engine reads (a dependency of the
-    generate routes)."""
+@dataclasses.dataclass(frozen=True)
+class CheckedRequest:
+    """A validated request and, when the classroom filter refused its prompt, the answer to give."""
+
+    request: GenerateRequest
+    refusal: ApiError | None
+
+
+async def read_checked_request(
+    request: Request, engine: EngineDep, config: ConfigDep, refusals: RefusalsDep
+) -> CheckedRequest:
+    """The validated request body, its prompt cut to what the engine reads, and the filter's
+    refusal of the whole prompt (logged in the server's refusal log) if any."""
     raw = await read_body(request)
     req = parse_generate_request(raw, limits=config.limits, validate_options=engine.validate_options)
-    return fit_prompt(req, engine, max_chars=config.limits.max_prompt_chars)
+    where = f"server:{request.scope.get('path', '')}"  # the canonical path: never the URL token
+    refusal = prompt_refusal(req.text, config.safety, refusals, where=where)
+    return CheckedRequest(fit_prompt(req, engine, max_chars=config.limits.max_prompt_chars), refusal)
+
+
+async def read_generate_request(
+    checked: Annotated[CheckedRequest, Depends(read_checked_request)],
+) -> GenerateRequest:
+    """The validated request (a dependency of the generate routes); a refused prompt is answered
+    ``prompt_blocked`` (422) here, before the route queues anything."""
+    if checked.refusal is not None:
+        raise checked.refusal
+    return checked.request
 
 
 GenerateDep = Annotated[GenerateRequest, Depends(read_generate_request)]
+CheckedDep = Annotated[CheckedRequest, Depends(read_checked_request)]
 
 
 def submit(batcher: Batcher, req: GenerateRequest, *, stream: bool) -> tuple[Ticket, int]:
@@ -104,13 +133,17 @@ async def wait_for_images(ticket: Ticket, timeout_s: float) -> list[Image.Image]
         raise engine_failure(exc) from exc
 
 
-def save_images(encoded: Sequence[str], image_format: str, folder: Path) -> None:
-    """Write the images into ``folder``, named by a random id (never by the prompt)."""
+def save_images(
+    encoded: Sequence[str], image_format: str, folder: Path, *, withheld: Sequence[int] = ()
+) -> None:
+    """Write the images into ``folder``, named by a random id (never by the prompt); the ones the
+    classroom filter ``withheld`` are not written (their placeholders neither)."""
     folder.mkdir(parents=True, exist_ok=True)
     request_id = uuid.uuid4().hex
     extension = "jpg" if image_format == "jpeg" else "png"
     for index, data in enumerate(encoded):
-        (folder / f"{request_id}_{index}.{extension}").write_bytes(base64.b64decode(data))
+        if index not in withheld:
+            (folder / f"{request_id}_{index}.{extension}").write_bytes(base64.b64decode(data))
 
 
 @router.post(GENERATE_ROUTE, summary="Generate images", responses=GENERATE_RESPONSES)
@@ -125,8 +158,9 @@ async def generate(
     encode_started = clock()
     encoded = await asyncio.to_thread(lambda: [encode_image(i, req.image_format) for i in images])
     encode_s = clock() - encode_started
+    withheld = [index for index, image in enumerate(images) if is_withheld(image)]
     if config.save_dir is not None:
-        await asyncio.to_thread(save_images, encoded, req.image_format, config.save_dir)
+        await asyncio.to_thread(save_images, encoded, req.image_format, config.save_dir, withheld=withheld)
     answer = GenerateAnswer(
         images=encoded,
         image_format=req.image_format,
@@ -135,6 +169,7 @@ async def generate(
         prompt=req.text,
         timings=server_timings(ticket, encode_s),
         prompt_truncated=req.prompt_truncated,
+        withheld=withheld,
     )
     return JSONResponse(answer.to_json())
 
@@ -145,9 +180,20 @@ async def generate(
     responses=STREAM_RESPONSES,
 )
 async def generate_stream(
-    req: GenerateDep, engine: EngineDep, batcher: BatcherDep, config: ConfigDep
+    checked: CheckedDep, engine: EngineDep, batcher: BatcherDep, config: ConfigDep
 ) -> StreamingResponse:
-    """Answer with server-sent events: queued, progress (with previews), each image, done."""
+    """Answer with server-sent events: queued, progress (with previews), each image, done.
+
+    A prompt the classroom filter refuses is answered with a stream of one ``error`` event
+    (``prompt_blocked``), where a streaming client looks for failures; nothing is queued.
+    """
+    if checked.refusal is not None:
+        refusal = checked.refusal
+        event = encode_event(ErrorEvent(refusal.code, refusal.message, refusal.category))
+        return StreamingResponse(
+            iter([event]), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    req = checked.request
     ticket, seed = submit(batcher, req, stream=True)
     events = stream_events(
         ticket, req, seed=seed, engine_name=engine.name, timeout_s=config.request_timeout_s
@@ -173,4 +219,5 @@ async def health(request: Request, batcher: BatcherDep, config: ConfigDep) -> di
         "max_batch": batcher.max_batch,
         "queue": batcher.queue_length,
         "stream": True,
+        "safety": {"level": config.safety.level, "pictures": config.checks_images},
     }

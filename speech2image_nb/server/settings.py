@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from ..images.protocol import RequestLimits
+from ..safety import Policy
 
 __all__ = ["DEFAULT_MAX_QUEUE", "DEFAULT_REQUEST_TIMEOUT_S", "ServerConfig"]
 
@@ -27,6 +28,13 @@ class ServerConfig:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     save_dir: Path | None = None  # also write every image there, named by a random id
     needs_token: bool = False  # GET / reveals details only to a caller with the token
+    #: the classroom filter: the prompt check's words and level, whether pictures are checked
+    safety: Policy = dataclasses.field(default_factory=Policy)
+
+    @property
+    def checks_images(self) -> bool:
+        """Whether every image and preview goes through the picture check."""
+        return self.safety.enabled and self.safety.check_images
 
     def __post_init__(self) -> None:
         if not self.request_timeout_s > 0:

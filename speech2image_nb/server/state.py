@@ -12,11 +12,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..safety import RefusalLog
 from .batcher import Batcher
 from .engines.base import Engine
 from .settings import ServerConfig
 
-__all__ = ["BatcherDep", "ConfigDep", "EngineDep", "get_batcher", "get_config", "get_engine"]
+__all__ = [
+    "BatcherDep",
+    "ConfigDep",
+    "EngineDep",
+    "RefusalsDep",
+    "get_batcher",
+    "get_config",
+    "get_engine",
+    "get_refusals",
+]
 
 
 def get_engine(request: Request) -> Engine:
@@ -37,6 +47,13 @@ def get_config(request: Request) -> ServerConfig:
     return config
 
 
+def get_refusals(request: Request) -> RefusalLog:
+    """The server's log of refusals (the teacher's log; never sent to a client)."""
+    refusals: RefusalLog = request.app.state.refusals
+    return refusals
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 ConfigDep = Annotated[ServerConfig, Depends(get_config)]
+RefusalsDep = Annotated[RefusalLog, Depends(get_refusals)]

@@ -1,6 +1,7 @@
 """The server-sent events of one streaming request, from the batcher's events to the wire's bytes.
 
-The stream ends after the last image with ``done``, or with one ``error`` event; a keepalive
+The stream ends after the last image with ``done``, or with one ``error`` event; an image the
+classroom filter withheld goes out as its placeholder with ``"withheld": true``; a keepalive
 comment goes out whenever nothing else did for :data:`KEEPALIVE_S`. If the client goes away the
 response generator is closed, and closing it cancels the request's remaining work.
 """
@@ -8,6 +9,7 @@ response generator is closed, and closing it cancels the request's remaining wor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 from ..images.protocol import (
@@ -21,6 +23,7 @@ from ..images.protocol import (
 )
 from .batcher import Failed, Ticket
 from .error_handlers import engine_failure
+from .screening import is_withheld
 
 __all__ = ["KEEPALIVE_S", "server_timings", "stream_events"]
 
@@ -63,6 +66,8 @@ async def stream_events(
             if not isinstance(event, (ImageEvent, ProgressEvent)):
                 yield encode_event(event)
                 continue
+            if isinstance(event, ImageEvent) and is_withheld(event.image):
+                event = dataclasses.replace(event, withheld=True)  # the placeholder, said as such
             started = clock()
             data = await asyncio.to_thread(encode_event, event, image_format=req.image_format)
             if isinstance(event, ImageEvent):

@@ -388,7 +388,6 @@ def test_the_embedded_server_is_given_the_panels_filter():
         panel.close()
 
 
-@pytest.mark.xfail(strict=True, reason="start_background(safety=) comes with the server side of issue 21")
 def test_the_embedded_server_starts_with_the_panels_filter(monkeypatch):
     """start_background is called with safety= the panel's policy."""
     import speech2image_nb.server as server_module
