@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -191,6 +191,20 @@ def _resolve_source(model: str) -> tuple[str, str | None, bool]:
     return model, revision, unavailable is not None
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar on stderr at every load: none while we load."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_image_checker(
     model: str | None = None,
     *,
@@ -226,10 +240,13 @@ def load_image_checker(
         progress(0.0, f"loading the picture check {name}")
     source, revision, offline = _resolve_source(name)
     try:
-        classifier = AutoModelForImageClassification.from_pretrained(
-            source, revision=revision, local_files_only=offline
-        )
-        processor = AutoImageProcessor.from_pretrained(source, revision=revision, local_files_only=offline)
+        with _no_progress_bars():  # the panel's status line says what loads; no bars in the cell
+            classifier = AutoModelForImageClassification.from_pretrained(
+                source, revision=revision, local_files_only=offline
+            )
+            processor = AutoImageProcessor.from_pretrained(
+                source, revision=revision, local_files_only=offline
+            )
     except (OSError, ValueError) as exc:
         if Path(name).is_dir():
             raise ModelNotAvailable(

@@ -31,6 +31,7 @@ ENV_VARS: dict[str, str] = {
     "blocked": "S2I_SAFETY_BLOCK",  # comma-separated words or phrases to refuse as well
     "allowed": "S2I_SAFETY_ALLOW",  # comma-separated words or phrases never refused
     "word_file": "S2I_SAFETY_FILE",  # a plain text file of both (see load_word_file)
+    "log_text": "S2I_SAFETY_LOG_TEXT",  # 1: keep the refused text in the teacher's log
 }
 
 _warned_off = False
@@ -96,7 +97,9 @@ class Policy:
             level=level,
             blocked=tuple(dict.fromkeys(block)),
             allowed=tuple(dict.fromkeys(allow)),
-            log_text=bool(log_text) if log_text is not None else False,
+            log_text=bool(log_text)
+            if log_text is not None
+            else env.get(ENV_VARS["log_text"], "").strip().lower() in ("1", "true", "yes", "on"),
             check_images=True if check_images is None else bool(check_images),
         )
         if not policy.enabled:

@@ -337,9 +337,10 @@ def test_strict_is_the_default_and_the_settings_read_the_environment():
         True,
     )
     assert Settings.resolve(environ=env, colab_secret=lambda n: None, safety="strict").safety == "strict"
-    assert {ENV_VARS[name] for name in ("safety", "safety_block", "safety_allow", "safety_file")} == set(
-        policy_module.ENV_VARS.values()
-    )
+    assert {
+        ENV_VARS[name]
+        for name in ("safety", "safety_block", "safety_allow", "safety_file", "safety_log_text")
+    } == set(policy_module.ENV_VARS.values())
     assert SAFETY_LEVELS == LEVELS
 
 
