@@ -47,6 +47,8 @@ from typing import Any, Literal
 __all__ = [
     "COLAB",
     "JUPYTER",
+    "PANEL_NOT_SHOWN",
+    "RECORDER_NOT_SHOWN",
     "VSCODE",
     "VSCODE_NO_MICROPHONE",
     "Frontend",
@@ -154,12 +156,32 @@ _ANYWIDGET_PATH_JS = """(function () {
 
 #: What a classic Notebook cell says when its panel did not render (the JS below writes it).
 PANEL_NOT_SHOWN = "The panel did not appear: reload the page (F5), then run this cell again."
+RECORDER_NOT_SHOWN = "The recorder did not appear: reload the page (F5), then run this cell again."
 _NOT_SHOWN_AFTER_MS = 8000  # after the cell has finished; a panel renders well within a second
 
 _WATCH_JS = """(function (out) {
   if (!out || !window.Jupyter || !window.Jupyter.notebook) return;
   var node = out.jquery ? out[0] : out;
-  var since = null, line = null, polls = 0;
+  var since = null, line = null, polls = 0, modelId = %(model_id)s;
+  var MIME = 'application/vnd.jupyter.widget-view+json';
+  // The widget manager, when it finishes starting after this cell displayed the widget,
+  // re-renders the page's widget outputs; ours had its model id cleared when its first view was
+  // removed, and is hidden. Put the id back and render the cell again (once per widget).
+  function heal(cell) {
+    var healed = window.__s2iHealed || (window.__s2iHealed = {});
+    if (!modelId || healed[modelId]) return false;
+    var nb = window.Jupyter.notebook;
+    var code = nb.get_cells().filter(function (c) { return c.element && c.element[0] === cell; })[0];
+    var outputs = (code && code.output_area && code.output_area.outputs) || [];
+    var blank = outputs.filter(function (o) {
+      return o.data && o.data[MIME] && o.data[MIME].model_id === '';
+    });
+    if (blank.length !== 1 || !nb.render_cell_output) return false;
+    healed[modelId] = true;
+    blank[0].data[MIME].model_id = modelId;
+    nb.render_cell_output(code);
+    return true;
+  }
   var timer = setInterval(function () {
     polls += 1;
     // looked up at each poll: the output is put in the page only after this script has run
@@ -170,6 +192,7 @@ _WATCH_JS = """(function (out) {
       clearInterval(timer);
       return;
     }
+    if (heal(cell)) return;
     var prompt = cell.querySelector('.input_prompt');
     if (prompt && prompt.textContent.indexOf('*') >= 0) { since = null; return; }
     if (since === null) since = Date.now();
@@ -209,12 +232,13 @@ def prepare_classic_widget_loading() -> None:
         _kernel_display(_ANYWIDGET_PATH_JS)
 
 
-def watch_classic_display(selector: str, *, message: str = PANEL_NOT_SHOWN) -> None:
+def watch_classic_display(selector: str, *, model_id: str = "", message: str = PANEL_NOT_SHOWN) -> None:
     """Display, before a widget, a watch that writes ``message`` in the cell if ``selector`` never shows.
 
     Classic Notebook only: a widget whose model fails to load leaves its output area empty, with
     nothing on the page to say so; this line tells the person the fix. It disappears if the widget
-    shows after all.
+    shows after all. A widget that the page's widget manager hid while it finished starting
+    (see the script) is shown again, once, from ``model_id``.
     """
     if detect_frontend() != JUPYTER:
         return
@@ -222,5 +246,10 @@ def watch_classic_display(selector: str, *, message: str = PANEL_NOT_SHOWN) -> N
 
     _kernel_display(
         _WATCH_JS
-        % {"selector": json.dumps(selector), "after_ms": _NOT_SHOWN_AFTER_MS, "message": json.dumps(message)}
+        % {
+            "selector": json.dumps(selector),
+            "model_id": json.dumps(model_id),
+            "after_ms": _NOT_SHOWN_AFTER_MS,
+            "message": json.dumps(message),
+        }
     )

@@ -53,12 +53,14 @@ from ..errors import (
 )
 from ..frontend import (
     COLAB,
+    RECORDER_NOT_SHOWN,
     VSCODE,
     VSCODE_NO_MICROPHONE,
     Frontend,
     detect_frontend,
     enable_colab_widgets,
     prepare_classic_widget_loading,
+    watch_classic_display,
 )
 from .callbacks import RecorderCallbacks
 
@@ -268,6 +270,20 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         self.recording = False
 
     # --- display and front-end detection ---------------------------------------------------
+
+    def _ipython_display_(self, **kwargs: Any) -> None:
+        # the classic Notebook: a recorder hidden by the page's widget start-up shows again; a
+        # blank cell says what to do
+        watch_classic_display(".s2i-recorder", model_id=self.model_id, message=RECORDER_NOT_SHOWN)
+        parent = getattr(super(), "_ipython_display_", None)
+        if parent is not None:  # ipywidgets 7
+            parent(**kwargs)
+            return
+        bundle = self._repr_mimebundle_(**kwargs)
+        if bundle:
+            from IPython.display import display
+
+            display(bundle, raw=True)  # type: ignore[no-untyped-call]
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)

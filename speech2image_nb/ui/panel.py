@@ -310,7 +310,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def _ipython_display_(self, **kwargs: Any) -> None:
         if self._is_repr_suppressed():
             return
-        watch_classic_display(".s2i-panel")  # a blank cell in the classic Notebook says what to do
+        # the classic Notebook: a panel hidden by the page's widget start-up shows again; a blank
+        # cell says what to do
+        watch_classic_display(".s2i-panel", model_id=self.model_id)
         parent = getattr(super(), "_ipython_display_", None)
         if parent is not None:  # ipywidgets 7
             parent(**kwargs)

@@ -411,17 +411,14 @@ _KERNEL_IDLE_JS = """(name) => {
 }"""
 
 
-# Classic Notebook 6.5: one notebook per page. Its widget manager must exist before cells run, or
-# the widgets' comm_open finds no target; and it must have finished starting: once it has asked
-# the kernel for the widgets that already exist, it re-renders every widget output in the page,
-# and a widget displayed in between is then hidden (its output's model id was cleared when its
-# first view was removed). The "Widgets" menu (#widget-submenu) is added when that is done.
+# Classic Notebook 6.5: one notebook per page; its widget manager must exist before cells run, or
+# the widgets' comm_open finds no target. (A widget displayed before that manager has finished
+# starting is hidden by it; the product shows it again: tests/browser/test_colab_stack.py.)
 _CLASSIC_KERNEL_IDLE_JS = """(name) => {
   const nb = window.Jupyter && window.Jupyter.notebook;
   const k = nb && nb.kernel;
   if (!k || (name && !(nb.notebook_path || '').endsWith(name))) return false;
-  const started = !!document.querySelector('#widget-submenu');
-  return !!(k.is_connected() && !nb.kernel_busy && k.widget_manager && started);
+  return !!(k.is_connected() && !nb.kernel_busy && k.widget_manager);
 }"""
 
 

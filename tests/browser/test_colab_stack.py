@@ -261,3 +261,35 @@ def test_a_panel_that_cannot_show_says_what_to_do_in_its_cell(
         assert page.locator(".s2i-panel").count() == 0
     finally:
         browser.close()
+
+
+def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
+    colab_stack, playwright_instance, artifacts_dir
+):
+    """Classic NB 6.5: cells run the moment the widget manager exists (Restart & Run All) show the panel.
+
+    The manager, once it has asked the kernel for the widgets that already exist, re-renders every
+    widget output and hides one displayed in between; the panel's cell shows it again.
+    """
+    name = "run_all_early.ipynb"
+    write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
+    browser = launch_chromium(playwright_instance)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(colab_stack.notebook_url(name), timeout=60 * MS)
+        page.wait_for_function(
+            "() => !!(window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
+            " && Jupyter.notebook.kernel.widget_manager)",
+            timeout=60 * MS,
+            polling=20,
+        )
+        page.evaluate("() => window.Jupyter.notebook.execute_all_cells()")
+        wait_for_widget(
+            page,
+            page.locator(".s2i-panel .s2i-recorder-button"),
+            artifacts_dir / "colab_run_all_early.png",
+            timeout_ms=60 * MS,
+        )
+        assert page.locator(".s2i-not-shown").count() == 0
+    finally:
+        browser.close()
