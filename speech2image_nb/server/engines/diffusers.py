@@ -25,6 +25,7 @@ from ...errors import EngineError, ModelNotAvailable
 from ...hub import MODEL_DIR_HINT, hub_unavailable
 from .base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
 from .cpu import resolve_threads, torch_threads
+from .engine_thread import on_engine_thread
 
 if TYPE_CHECKING:
     import torch
@@ -150,6 +151,7 @@ class DiffusersEngine(Engine):
 
         return torch_threads(self.threads) if self.threads is not None else contextlib.nullcontext()
 
+    @on_engine_thread
     def load(self, progress: LoadProgress | None = None) -> None:
         """Load (downloading into the Hugging Face cache if needed) and move the pipeline to the device."""
         import torch
@@ -248,6 +250,7 @@ class DiffusersEngine(Engine):
             raise ValueError(f"guidance_scale must be a number between 0 and {MAX_GUIDANCE}")
         return {"steps": steps, "guidance_scale": float(guidance)}
 
+    @on_engine_thread
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
     ) -> list[Image.Image]:

@@ -47,6 +47,7 @@ from ..base import (
     warn_if_bf16_is_emulated,
 )
 from ..cpu import bf16_is_native, resolve_threads, torch_threads
+from ..engine_thread import on_engine_thread
 from .config import IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
 from .options import OPTION_NAMES, SamplingOptions
 from .previews import PreviewCost
@@ -373,6 +374,7 @@ class DalleMiniEngine(Engine):
 
     # --- loading -------------------------------------------------------------------------------
 
+    @on_engine_thread
     def load(self, progress: LoadProgress | None = None) -> None:
         """Find or download the five files, build the three networks and load their weights.
 
@@ -485,6 +487,7 @@ class DalleMiniEngine(Engine):
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=in_bf16):
             return torch.cat([detokenizer(tokens[i : i + 1]).float() for i in range(tokens.shape[0])])
 
+    @on_engine_thread
     def _preview_image(self, image_tokens: torch.Tensor) -> Image.Image:
         """A preview picture of tokens ``[1, 256]``."""
         import torch
@@ -517,6 +520,7 @@ class DalleMiniEngine(Engine):
         cond = tokens + [pad] * (count - len(tokens))
         return [uncond, cond]
 
+    @on_engine_thread
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder-side text states ``[2n, 64, embed]`` and mask ``[2n, 64]`` for n prompts.
 
@@ -574,6 +578,7 @@ class DalleMiniEngine(Engine):
         self._generations.move_to_end(key)
         return generation
 
+    @on_engine_thread
     def sample_image_tokens(
         self,
         prompts: Sequence[str],
@@ -681,6 +686,7 @@ class DalleMiniEngine(Engine):
         log.debug("%s: %d of %d images still wanted", self.name, len(rows), generation.image_count)
         return smaller
 
+    @on_engine_thread
     def teacher_forced_logits(
         self, prompt: str, image_tokens: torch.Tensor, *, supercondition_factor: float = 16.0
     ) -> torch.Tensor:
@@ -710,11 +716,13 @@ class DalleMiniEngine(Engine):
                 out[i] = uncond * (1 - supercondition_factor) + cond * supercondition_factor
         return out
 
+    @on_engine_thread
     def detokenize(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]`` (final quality)."""
         with self._work():
             return self._decode(image_tokens, in_bf16=self._final_in_bf16)
 
+    @on_engine_thread
     def to_images(self, image_tokens: torch.Tensor) -> list[Image.Image]:
         """PIL images of image tokens (truncated to uint8, as min-dalle does)."""
         import torch
@@ -723,6 +731,7 @@ class DalleMiniEngine(Engine):
         pixels = self.detokenize(image_tokens).to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p) for p in pixels]
 
+    @on_engine_thread
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
     ) -> list[Image.Image | None]:

@@ -25,6 +25,7 @@ alone or in a batch.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -52,7 +53,20 @@ def _pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @functools.cache
 def int8_available() -> bool:
-    """True where this PyTorch build has the int8 CPU kernel (it packs and runs a tiny layer)."""
+    """True where this PyTorch build has the int8 CPU kernel (it packs and runs a tiny layer).
+
+    The probe runs on a thread of its own that then ends: run on the caller's thread (an engine's
+    constructor, often the notebook's main thread) it would leave that thread an OpenMP team, and
+    a second team slows every engine step down (see ``..engine_thread``).
+    """
+    answer: list[bool] = []
+    probe = threading.Thread(target=lambda: answer.append(_run_tiny_int8_layer()), name="s2i-int8-probe")
+    probe.start()
+    probe.join()
+    return bool(answer and answer[0])
+
+
+def _run_tiny_int8_layer() -> bool:
     try:
         layer = Int8Linear(nn.Linear(8, 4, bias=False))
         with torch.inference_mode():
