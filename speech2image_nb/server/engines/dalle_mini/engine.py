@@ -301,6 +301,10 @@ class DalleMiniEngine(Engine):
     threads
         torch CPU threads during this engine's work (set around each call, then restored);
         ``None``: ``$S2I_CPU_THREADS``, else the physical cores.
+    int8_kernel
+        the int8 path's kernel, a name of :data:`.int8.KERNELS`; ``None``: chosen for this CPU
+        at load (:func:`.int8.choose_kernel`: full 8-bit activations where the CPU has int8 dot
+        products). Tests force each one.
     """
 
     option_names = OPTION_NAMES
@@ -319,8 +323,11 @@ class DalleMiniEngine(Engine):
         noise: str | None = None,
         preview_budget: float | None = None,
         threads: int | None = None,
+        int8_kernel: str | None = None,
     ) -> None:
         import torch
+
+        from .int8 import KERNELS
 
         self.is_mega = bool(is_mega)
         self.name = "dalle-mega" if self.is_mega else "dalle-mini"
@@ -345,6 +352,10 @@ class DalleMiniEngine(Engine):
             raise ValueError(f"preview_budget must be a number >= 0, not {preview_budget!r}")
         self.preview_budget = float(preview_budget)
         self.threads = None if is_cuda else resolve_threads(threads)
+        if int8_kernel is not None and int8_kernel not in KERNELS:
+            raise ValueError(f"int8_kernel must be one of {', '.join(KERNELS)}, not {int8_kernel!r}")
+        #: the int8 kernel path (None until :meth:`load` chose one, and off the int8 path)
+        self.int8_kernel: str | None = int8_kernel if self.is_int8 else None
         #: VQGAN precision of previews and of final pictures (bf16 where the CPU has it natively)
         self._preview_in_bf16 = not is_cuda and bf16_is_native()
         self._final_in_bf16 = self.is_int8 and bf16_is_native()
@@ -399,7 +410,8 @@ class DalleMiniEngine(Engine):
                 report(0.98, "timing one preview decode")
                 self._preview_cost = self._time_preview()
         report(1.0, f"{self.name} ready on {self.device} ({self.dtype_name})")
-        log.info("%s loaded on %s (%s)", self.name, self.device, self.dtype_name)
+        kernel = f", kernel {self.int8_kernel}" if self.int8_kernel is not None else ""
+        log.info("%s loaded on %s (%s%s)", self.name, self.device, self.dtype_name, kernel)
 
     def _build_networks(
         self, config: DalleConfig, tokenizer: TextTokenizer, paths: Mapping[str, Path], report: LoadProgress
@@ -437,20 +449,26 @@ class DalleMiniEngine(Engine):
 
     def _quantize(self, module: torch.nn.Module, role: str, report: LoadProgress) -> torch.nn.Module:
         """8-bit weights for ``module``'s Linear layers, fp32 for the rest of its parameters."""
-        from .int8 import quantize_linears
+        from .int8 import choose_kernel, quantize_linears
 
         started = time.perf_counter()
+        if self.int8_kernel is None:
+            self.int8_kernel = choose_kernel()
+        for layer in module.layers:  # type: ignore[union-attr]
+            layer.self_attn.fuse_self_projections()
+            layer.glu.fuse_input_projections()
 
         def on_layer(done: int, total: int) -> None:
             if done == 1 or done % 8 == 0 or done == total:
                 report(done / total, f"quantizing the {role} to 8 bits: layer {done} of {total}")
 
-        count = quantize_linears(module, on_layer=on_layer)
+        count = quantize_linears(module, kernel=self.int8_kernel, on_layer=on_layer)
         log.debug(
-            "%s: %d Linear layers of the %s quantized in %.1f s",
+            "%s: %d Linear layers of the %s quantized for %s in %.1f s",
             self.name,
             count,
             role,
+            self.int8_kernel,
             time.perf_counter() - started,
         )
         return module.float()
