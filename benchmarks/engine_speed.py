@@ -15,9 +15,11 @@ so and exits 0.
 CPU mode (``--variants`` default mini, ``--counts`` default 1 4, ``--threads`` default the
 physical cores) prints, from one run over the same full-size random weights, min-dalle's modules,
 our fp32 reference path and our int8 fast path: seconds per request, decoder ms/step, the
-speed-ups, a profiler table of one int8 decoder step, and an SD-Turbo-shaped pipeline at 512 px
-with its full VAE and with the tiny autoencoder. It prints the machine and its load average, since
-a shared machine's numbers move with the load. Run from the repository root so
+speed-ups, a profiler table of one int8 decoder step, the same int8 engine called directly and
+through the public API (``start_background`` + ``ImageClient``: the serving overhead), and an
+SD-Turbo-shaped pipeline at 512 px with its full VAE and with the tiny autoencoder. It prints the
+machine, the CPU flags the engines choose their kernels by, and the load average, since a shared
+machine's numbers move with the load. Run from the repository root so
 ``tests.dalle_reference`` (min-dalle's modules built without network) imports.
 """
 
@@ -46,6 +48,10 @@ from speech2image_nb.server.engines.dalle_mini.config import IMAGE_TOKEN_COUNT, 
 from tests.dalle_reference import build_min_dalle  # noqa: E402
 
 PROMPT = "a red fox sitting in the snow"
+#: CPU flags behind the engines' choices: int8 kernels (VNNI / AMX versus AVX2) and bf16
+CHOICE_FLAGS = frozenset(
+    {"avx2", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16", "asimddp"}
+)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -202,7 +208,8 @@ def gpu_mode(args: argparse.Namespace) -> int:
 
 
 def cpu_description() -> str:
-    """The CPU model, whether it computes bf16 natively, and the load average."""
+    """The CPU model, the instruction sets the engines choose by, and the load average."""
+    from speech2image_nb.cpu import cpu_flags, has_int8_dot_product
     from speech2image_nb.server.engines.cpu import bf16_is_native, physical_core_count
 
     model = "unknown CPU"
@@ -211,11 +218,18 @@ def cpu_description() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    chosen_by = sorted(cpu_flags() & CHOICE_FLAGS) or ["none of " + ", ".join(sorted(CHOICE_FLAGS))]
     return (
         f"{model}, {physical_core_count()} physical cores, torch CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_is_native()}, load average {load}"
+        f"{torch.backends.cpu.get_cpu_capability()}; flags the engines choose by: {' '.join(chosen_by)} "
+        f"(int8 dot products: {has_int8_dot_product()}, native bf16: {bf16_is_native()}); "
+        f"load average {load_average()}"
     )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (a shared machine's numbers move with them)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def step_ms_interleaved(
@@ -247,15 +261,22 @@ def profile_cpu_step(engine: DalleMiniEngine, steps: int = 8) -> str:
     """Profiler table of ``steps`` decoder steps of one image (self CPU time, per op)."""
     from torch.profiler import ProfilerActivity, profile
 
-    engine.sample_image_tokens([PROMPT], [1], token_count=2)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        engine.sample_image_tokens([PROMPT], [1], token_count=steps)
+    def profiled() -> Any:
+        engine.sample_image_tokens([PROMPT], [1], token_count=2)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            engine.sample_image_tokens([PROMPT], [1], token_count=steps)
+        return prof
+
+    prof = engine.engine_thread.run(profiled)  # the profiler sees the thread it was started on
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return f"{steps} steps (encoder included once):\n{table}"
 
 
-def cpu_dalle(args: argparse.Namespace, variant: str, threads: int) -> list[tuple[Any, ...]]:
-    """Rows ``(variant, images, min-dalle s, fp32 s, int8 s, ms/step x3)`` for one variant."""
+def cpu_dalle(
+    args: argparse.Namespace, variant: str, threads: int, api_rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Rows ``(variant, images, min-dalle s, fp32 s, int8 s, ms/step x3)`` for one variant; the
+    rows of :func:`cpu_api_rows` are appended to ``api_rows``."""
     from tests.dalle_reference import min_dalle_first_tokens
 
     config = VARIANTS[variant]
@@ -276,7 +297,8 @@ def cpu_dalle(args: argparse.Namespace, variant: str, threads: int) -> list[tupl
             )
             started = time.perf_counter()
             engine.load()
-            print(f"ours {dtype}: loaded in {time.perf_counter() - started:.1f} s", flush=True)
+            kernel = f", int8 kernel {engine.int8_kernel}" if engine.int8_kernel else ""
+            print(f"ours {dtype}: loaded in {time.perf_counter() - started:.1f} s{kernel}", flush=True)
             engines[dtype] = engine
         reference = None if args.skip_min_dalle else build_min_dalle(Path(tmp), config)
         timers: dict[str, Callable[[int], None]] = {
@@ -295,6 +317,40 @@ def cpu_dalle(args: argparse.Namespace, variant: str, threads: int) -> list[tupl
             rows.append((variant, count, theirs, ours["fp32"], ours["int8"], step_ms))
             print(f"  {variant}, {count} image(s): min-dalle {theirs:.1f} s, ours {ours}", flush=True)
         print(f"\nprofile of ours, {variant} int8, one image:\n{profile_cpu_step(engines['int8'])}\n")
+        del engines["fp32"], timers  # free their memory before the server loads the int8 engine again
+        reference = None
+        api_rows.extend(cpu_api_rows(engines["int8"], variant, args.counts))
+    return rows
+
+
+def cpu_api_rows(engine: DalleMiniEngine, variant: str, counts: list[int]) -> list[tuple[Any, ...]]:
+    """Rows ``(variant, images, direct s, API s)``: the loaded int8 engine called directly and
+    through the public API (``start_background`` + ``ImageClient``), alternating, best of 2 each.
+
+    The server loads the same engine object again (on the engine's thread, as for a user), so
+    both paths run the same weights; alternating exposes both to the same load on a shared machine.
+    """
+    from speech2image_nb.images.client import ImageClient
+    from speech2image_nb.server import start_background
+
+    started = time.perf_counter()
+    server = start_background(engine, ready_timeout_s=900)
+    print(f"API: server ready in {time.perf_counter() - started:.1f} s (loads the engine again)", flush=True)
+    rows = []
+    try:
+        with ImageClient(server.url) as client:
+            client.generate(PROMPT, seed=1)  # warm-up, as the direct path had
+            for count in counts:
+                best = {"direct": math.inf, "api": math.inf}
+                for _ in range(2):
+                    best["direct"] = min(best["direct"], time_generate(engine, count))
+                    started = time.perf_counter()
+                    client.generate(PROMPT, num_images=count, seed=1)
+                    best["api"] = min(best["api"], time.perf_counter() - started)
+                rows.append((variant, count, best["direct"], best["api"]))
+                print(f"  {variant}, {count} image(s), int8: {best} (load {load_average()})", flush=True)
+    finally:
+        server.stop()
     return rows
 
 
@@ -332,9 +388,10 @@ def cpu_mode(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)  # min-dalle's modules run on the global setting
     print(f"# engine_speed CPU mode, {threads} threads, torch {torch.__version__}")
     print(f"# {cpu_description()}\n", flush=True)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
+    api_rows: list[tuple[Any, ...]] = []
     for variant in args.variants:
-        rows += cpu_dalle(args, variant, threads)
+        rows += cpu_dalle(args, variant, threads, api_rows)
     print(f"\n# at the end: {cpu_description()}")
     print(
         "\n| variant | images | min-dalle s | ours fp32 s | ours int8 s | int8 vs min-dalle | int8 vs fp32 "
@@ -346,6 +403,12 @@ def cpu_mode(args: argparse.Namespace) -> int:
             f"| {variant} | {count} | {theirs:.1f} | {fp32:.1f} | {int8:.1f} | {theirs / int8:.1f}x "
             f"| {fp32 / int8:.1f}x | {steps} |"
         )
+    print(
+        "\n| variant | images | int8 called directly s | int8 through start_background + ImageClient s "
+        "| API / direct |\n|---|---|---|---|---|"
+    )
+    for variant, count, direct, api in api_rows:
+        print(f"| {variant} | {count} | {direct:.2f} | {api:.2f} | {api / direct:.2f} |")
     if not args.skip_diffusers:
         results = cpu_diffusers(threads)
         print(
