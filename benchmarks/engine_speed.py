@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from speech2image_nb.server.engines.base import ImageJob  # noqa: E402
 from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine, save_random_checkpoint  # noqa: E402
 from speech2image_nb.server.engines.dalle_mini.config import IMAGE_TOKEN_COUNT, VARIANTS  # noqa: E402
+from speech2image_nb.server.engines.engine_thread import EngineThread  # noqa: E402
 from tests.dalle_reference import build_min_dalle  # noqa: E402
 
 PROMPT = "a red fox sitting in the snow"
@@ -207,6 +208,18 @@ def gpu_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+#: CPU mode's one thread for all torch work: every engine, min-dalle's modules and the random
+#: weights run there, so the process has one OpenMP team (two would slow each other down: see
+#: ``speech2image_nb/server/engines/engine_thread.py``)
+TORCH_THREAD = EngineThread("s2i-benchmark-torch")
+
+
+def sharing_torch_thread(engine: Any) -> Any:
+    """``engine``, set to run its work on :data:`TORCH_THREAD` instead of a thread of its own."""
+    engine.__dict__["_engine_thread"] = TORCH_THREAD
+    return engine
+
+
 def cpu_description() -> str:
     """The CPU model, the instruction sets the engines choose by, and the load average."""
     from speech2image_nb.cpu import cpu_flags, has_int8_dot_product
@@ -283,10 +296,10 @@ def cpu_dalle(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        save_random_checkpoint(tmp, variant, seed=0)
+        TORCH_THREAD.run(save_random_checkpoint, tmp, variant, seed=0)
         print(f"random {variant} checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
         engines = {}
-        for dtype in ("fp32", "int8"):
+        for dtype in ("int8",) if args.skip_fp32 else ("fp32", "int8"):
             engine = DalleMiniEngine(
                 config.is_mega,
                 model_dir=tmp,
@@ -295,29 +308,31 @@ def cpu_dalle(
                 threads=threads,
                 preview_budget=math.inf,
             )
+            sharing_torch_thread(engine)
             started = time.perf_counter()
             engine.load()
             kernel = f", int8 kernel {engine.int8_kernel}" if engine.int8_kernel else ""
             print(f"ours {dtype}: loaded in {time.perf_counter() - started:.1f} s{kernel}", flush=True)
             engines[dtype] = engine
-        reference = None if args.skip_min_dalle else build_min_dalle(Path(tmp), config)
+        reference = None if args.skip_min_dalle else TORCH_THREAD.run(build_min_dalle, Path(tmp), config)
         timers: dict[str, Callable[[int], None]] = {
             name: (lambda n, e=engine: e.sample_image_tokens([PROMPT], [1], token_count=n))
             for name, engine in engines.items()
         }
         if reference is not None:
-            timers["min-dalle"] = lambda n: min_dalle_first_tokens(reference, PROMPT, 1, n)
+            timers["min-dalle"] = lambda n: TORCH_THREAD.run(min_dalle_first_tokens, reference, PROMPT, 1, n)
         step_ms = step_ms_interleaved(timers)
         print("decoder ms/step (best of 3 alternating runs of 16 steps, 1 image):", step_ms, flush=True)
         for count in args.counts:
             theirs = math.nan
             if reference is not None and round(count**0.5) ** 2 == count:
-                theirs, _ = time_min_dalle(reference, count, "cpu", warm_up=False)
+                theirs, _ = TORCH_THREAD.run(time_min_dalle, reference, count, "cpu", warm_up=False)
             ours = {name: time_generate(engine, count) for name, engine in engines.items()}
-            rows.append((variant, count, theirs, ours["fp32"], ours["int8"], step_ms))
+            rows.append((variant, count, theirs, ours.get("fp32", math.nan), ours["int8"], step_ms))
             print(f"  {variant}, {count} image(s): min-dalle {theirs:.1f} s, ours {ours}", flush=True)
         print(f"\nprofile of ours, {variant} int8, one image:\n{profile_cpu_step(engines['int8'])}\n")
-        del engines["fp32"], timers  # free their memory before the server loads the int8 engine again
+        engines.pop("fp32", None)  # free its memory before the server loads the int8 engine again
+        del timers
         reference = None
         api_rows.extend(cpu_api_rows(engines["int8"], variant, args.counts))
     return rows
@@ -364,12 +379,13 @@ def cpu_diffusers(threads: int) -> list[tuple[str, float]]:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_pipeline(Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
-        tiny = save_random_tiny_vae(Path(tmp) / "taesd-shaped", shape="taesd")
+        folder = TORCH_THREAD.run(save_random_pipeline, Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
+        tiny = TORCH_THREAD.run(save_random_tiny_vae, Path(tmp) / "taesd-shaped", shape="taesd")
         for vae in ("full", "tiny"):
             engine = DiffusersEngine(
                 model_dir=str(folder), device="cpu", vae=vae, tiny_vae_id=tiny, threads=threads
             )
+            sharing_torch_thread(engine)
             engine.load()
             job = ImageJob(PROMPT, 1, 0, {"steps": 1, "guidance_scale": 0.0})
             engine.generate([job])  # warm-up
@@ -385,7 +401,7 @@ def cpu_mode(args: argparse.Namespace) -> int:
     from speech2image_nb.server.engines.cpu import physical_core_count
 
     threads = args.threads or physical_core_count()
-    torch.set_num_threads(threads)  # min-dalle's modules run on the global setting
+    torch.set_num_threads(threads)  # min-dalle's modules run on the global setting (read by TORCH_THREAD)
     print(f"# engine_speed CPU mode, {threads} threads, torch {torch.__version__}")
     print(f"# {cpu_description()}\n", flush=True)
     rows: list[tuple[Any, ...]] = []
@@ -439,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-min-dalle", action="store_true", help="time only ours")
     parser.add_argument("--skip-diffusers", action="store_true", help="no SD-Turbo-shaped timings")
+    parser.add_argument("--skip-fp32", action="store_true", help="cpu mode: not our fp32 reference path")
     parser.add_argument(
         "--profile",
         action="store_true",

@@ -7,10 +7,11 @@ cuts the time its idle workers spin, waiting for the next region, from about 300
 to 100 (its "throttled" spin count): from then on every parallel region wakes its workers through
 the kernel (futex calls). A decoder step has hundreds of regions. Measured with full-size random
 DALL-E mini int8 weights on 2 cores (Xeon, Sapphire Rapids), 16-step runs, alternating: loaded and
-called on the main thread, 53-75 ms per step (0 ms system time); once the same engine had been
-called on a worker thread, 78-115 ms per step on the worker and on the main thread alike, with
-16-24 ms system time per step; back to 52-67 ms as soon as the worker thread ended
-(``benchmarks/RESULTS.md``, "One thread per engine"). The server's worker, the panel's start-up
+called on the main thread, 53-75 ms per step (under 1 ms of system time); once the same engine
+had been called on a worker thread, 78-115 ms per step on the worker and on the main thread alike,
+with up to 24 ms of system time per step; back to 52-67 ms as soon as the worker thread ended. With
+every call on the engine's thread: 47-67 ms, about 1 ms of system time, from either caller
+(``benchmarks/RESULTS.md``, "CPU engines: one thread per engine"). The server's worker, the panel's start-up
 thread and a notebook's main thread each used to start their own team.
 
 So an engine runs its load, warm-up, generations and previews here, whoever calls it: one team,
