@@ -112,8 +112,8 @@ class Int8Linear(nn.Module):
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
         self.in_features: int = linear.in_features
         self.out_features: int = linear.out_features
-        self.kernel = kernel
-        self._reduce_range = KERNELS[kernel] == 7
+        self.kernel: str = kernel
+        self._reduce_range: bool = KERNELS[kernel] == 7
         self._packed: torch.Tensor
         self._packed, self.weight_scale = _pack(linear.weight)
         #: scaled rows by row count, the last row holding -1 and 1: it fixes the kernel's activation

@@ -44,10 +44,10 @@ class GLU(nn.Module):
         return self.fc2(self.ln1(functional.gelu(w) * v))
 
 
-def _concatenated(*linears: nn.Module, row_scales: tuple[float, ...] | None = None) -> nn.Linear:
+def _concatenated(*linears: nn.Linear, row_scales: tuple[float, ...] | None = None) -> nn.Linear:
     """One bias-free Linear whose output is the outputs of ``linears`` side by side (each times its
     ``row_scales`` entry, if given)."""
-    weights = [linear.weight.detach() for linear in linears]  # type: ignore[union-attr]
+    weights = [linear.weight.detach() for linear in linears]
     if row_scales is not None:
         weights = [w.float() * scale for w, scale in zip(weights, row_scales, strict=True)]
     weight = torch.cat(weights).float()
