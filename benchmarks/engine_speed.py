@@ -15,9 +15,11 @@ so and exits 0.
 CPU mode (``--variants`` default mini, ``--counts`` default 1 4, ``--threads`` default the
 physical cores) prints, from one run over the same full-size random weights, min-dalle's modules,
 our fp32 reference path and our int8 fast path: seconds per request, decoder ms/step, the
-speed-ups, a profiler table of one int8 decoder step, and an SD-Turbo-shaped pipeline at 512 px
-with its full VAE and with the tiny autoencoder. It prints the machine and its load average, since
-a shared machine's numbers move with the load. Run from the repository root so
+speed-ups, a profiler table of one int8 decoder step, the same int8 engine called directly and
+through the public API (``start_background`` + ``ImageClient``: the serving overhead), and an
+SD-Turbo-shaped pipeline at 512 px with its full VAE and with the tiny autoencoder. It prints the
+machine, the CPU flags the engines choose their kernels by, and the load average, since a shared
+machine's numbers move with the load. Run from the repository root so
 ``tests.dalle_reference`` (min-dalle's modules built without network) imports.
 """
 
@@ -43,9 +45,14 @@ sys.path.insert(0, str(ROOT))
 from speech2image_nb.server.engines.base import ImageJob  # noqa: E402
 from speech2image_nb.server.engines.dalle_mini import DalleMiniEngine, save_random_checkpoint  # noqa: E402
 from speech2image_nb.server.engines.dalle_mini.config import IMAGE_TOKEN_COUNT, VARIANTS  # noqa: E402
+from speech2image_nb.server.engines.engine_thread import EngineThread  # noqa: E402
 from tests.dalle_reference import build_min_dalle  # noqa: E402
 
 PROMPT = "a red fox sitting in the snow"
+#: CPU flags behind the engines' choices: int8 kernels (VNNI / AMX versus AVX2) and bf16
+CHOICE_FLAGS = frozenset(
+    {"avx2", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16", "asimddp"}
+)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -201,8 +208,21 @@ def gpu_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+#: CPU mode's one thread for all torch work: every engine, min-dalle's modules and the random
+#: weights run there, so the process has one OpenMP team (two would slow each other down: see
+#: ``speech2image_nb/server/engines/engine_thread.py``)
+TORCH_THREAD = EngineThread("s2i-benchmark-torch")
+
+
+def sharing_torch_thread(engine: Any) -> Any:
+    """``engine``, set to run its work on :data:`TORCH_THREAD` instead of a thread of its own."""
+    engine.__dict__["_engine_thread"] = TORCH_THREAD
+    return engine
+
+
 def cpu_description() -> str:
-    """The CPU model, whether it computes bf16 natively, and the load average."""
+    """The CPU model, the instruction sets the engines choose by, and the load average."""
+    from speech2image_nb.cpu import cpu_flags, has_int8_dot_product
     from speech2image_nb.server.engines.cpu import bf16_is_native, physical_core_count
 
     model = "unknown CPU"
@@ -211,11 +231,18 @@ def cpu_description() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    chosen_by = sorted(cpu_flags() & CHOICE_FLAGS) or ["none of " + ", ".join(sorted(CHOICE_FLAGS))]
     return (
         f"{model}, {physical_core_count()} physical cores, torch CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_is_native()}, load average {load}"
+        f"{torch.backends.cpu.get_cpu_capability()}; flags the engines choose by: {' '.join(chosen_by)} "
+        f"(int8 dot products: {has_int8_dot_product()}, native bf16: {bf16_is_native()}); "
+        f"load average {load_average()}"
     )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (a shared machine's numbers move with them)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def step_ms_interleaved(
@@ -247,25 +274,32 @@ def profile_cpu_step(engine: DalleMiniEngine, steps: int = 8) -> str:
     """Profiler table of ``steps`` decoder steps of one image (self CPU time, per op)."""
     from torch.profiler import ProfilerActivity, profile
 
-    engine.sample_image_tokens([PROMPT], [1], token_count=2)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        engine.sample_image_tokens([PROMPT], [1], token_count=steps)
+    def profiled() -> Any:
+        engine.sample_image_tokens([PROMPT], [1], token_count=2)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            engine.sample_image_tokens([PROMPT], [1], token_count=steps)
+        return prof
+
+    prof = engine.engine_thread.run(profiled)  # the profiler sees the thread it was started on
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return f"{steps} steps (encoder included once):\n{table}"
 
 
-def cpu_dalle(args: argparse.Namespace, variant: str, threads: int) -> list[tuple[Any, ...]]:
-    """Rows ``(variant, images, min-dalle s, fp32 s, int8 s, ms/step x3)`` for one variant."""
+def cpu_dalle(
+    args: argparse.Namespace, variant: str, threads: int, api_rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Rows ``(variant, images, min-dalle s, fp32 s, int8 s, ms/step x3)`` for one variant; the
+    rows of :func:`cpu_api_rows` are appended to ``api_rows``."""
     from tests.dalle_reference import min_dalle_first_tokens
 
     config = VARIANTS[variant]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        save_random_checkpoint(tmp, variant, seed=0)
+        TORCH_THREAD.run(save_random_checkpoint, tmp, variant, seed=0)
         print(f"random {variant} checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
         engines = {}
-        for dtype in ("fp32", "int8"):
+        for dtype in ("int8",) if args.skip_fp32 else ("fp32", "int8"):
             engine = DalleMiniEngine(
                 config.is_mega,
                 model_dir=tmp,
@@ -274,27 +308,64 @@ def cpu_dalle(args: argparse.Namespace, variant: str, threads: int) -> list[tupl
                 threads=threads,
                 preview_budget=math.inf,
             )
+            sharing_torch_thread(engine)
             started = time.perf_counter()
             engine.load()
-            print(f"ours {dtype}: loaded in {time.perf_counter() - started:.1f} s", flush=True)
+            kernel = f", int8 kernel {engine.int8_kernel}" if engine.int8_kernel else ""
+            print(f"ours {dtype}: loaded in {time.perf_counter() - started:.1f} s{kernel}", flush=True)
             engines[dtype] = engine
-        reference = None if args.skip_min_dalle else build_min_dalle(Path(tmp), config)
+        reference = None if args.skip_min_dalle else TORCH_THREAD.run(build_min_dalle, Path(tmp), config)
         timers: dict[str, Callable[[int], None]] = {
             name: (lambda n, e=engine: e.sample_image_tokens([PROMPT], [1], token_count=n))
             for name, engine in engines.items()
         }
         if reference is not None:
-            timers["min-dalle"] = lambda n: min_dalle_first_tokens(reference, PROMPT, 1, n)
+            timers["min-dalle"] = lambda n: TORCH_THREAD.run(min_dalle_first_tokens, reference, PROMPT, 1, n)
         step_ms = step_ms_interleaved(timers)
         print("decoder ms/step (best of 3 alternating runs of 16 steps, 1 image):", step_ms, flush=True)
         for count in args.counts:
             theirs = math.nan
             if reference is not None and round(count**0.5) ** 2 == count:
-                theirs, _ = time_min_dalle(reference, count, "cpu", warm_up=False)
+                theirs, _ = TORCH_THREAD.run(time_min_dalle, reference, count, "cpu", warm_up=False)
             ours = {name: time_generate(engine, count) for name, engine in engines.items()}
-            rows.append((variant, count, theirs, ours["fp32"], ours["int8"], step_ms))
+            rows.append((variant, count, theirs, ours.get("fp32", math.nan), ours["int8"], step_ms))
             print(f"  {variant}, {count} image(s): min-dalle {theirs:.1f} s, ours {ours}", flush=True)
         print(f"\nprofile of ours, {variant} int8, one image:\n{profile_cpu_step(engines['int8'])}\n")
+        engines.pop("fp32", None)  # free its memory before the server loads the int8 engine again
+        del timers
+        reference = None
+        api_rows.extend(cpu_api_rows(engines["int8"], variant, args.counts))
+    return rows
+
+
+def cpu_api_rows(engine: DalleMiniEngine, variant: str, counts: list[int]) -> list[tuple[Any, ...]]:
+    """Rows ``(variant, images, direct s, API s)``: the loaded int8 engine called directly and
+    through the public API (``start_background`` + ``ImageClient``), alternating, best of 2 each.
+
+    The server loads the same engine object again (on the engine's thread, as for a user), so
+    both paths run the same weights; alternating exposes both to the same load on a shared machine.
+    """
+    from speech2image_nb.images.client import ImageClient
+    from speech2image_nb.server import start_background
+
+    started = time.perf_counter()
+    server = start_background(engine, ready_timeout_s=900)
+    print(f"API: server ready in {time.perf_counter() - started:.1f} s (loads the engine again)", flush=True)
+    rows = []
+    try:
+        with ImageClient(server.url) as client:
+            client.generate(PROMPT, seed=1)  # warm-up, as the direct path had
+            for count in counts:
+                best = {"direct": math.inf, "api": math.inf}
+                for _ in range(2):
+                    best["direct"] = min(best["direct"], time_generate(engine, count))
+                    started = time.perf_counter()
+                    client.generate(PROMPT, num_images=count, seed=1)
+                    best["api"] = min(best["api"], time.perf_counter() - started)
+                rows.append((variant, count, best["direct"], best["api"]))
+                print(f"  {variant}, {count} image(s), int8: {best} (load {load_average()})", flush=True)
+    finally:
+        server.stop()
     return rows
 
 
@@ -308,12 +379,13 @@ def cpu_diffusers(threads: int) -> list[tuple[str, float]]:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_pipeline(Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
-        tiny = save_random_tiny_vae(Path(tmp) / "taesd-shaped", shape="taesd")
+        folder = TORCH_THREAD.run(save_random_pipeline, Path(tmp) / "sd-turbo-shaped", shape="sd-turbo")
+        tiny = TORCH_THREAD.run(save_random_tiny_vae, Path(tmp) / "taesd-shaped", shape="taesd")
         for vae in ("full", "tiny"):
             engine = DiffusersEngine(
                 model_dir=str(folder), device="cpu", vae=vae, tiny_vae_id=tiny, threads=threads
             )
+            sharing_torch_thread(engine)
             engine.load()
             job = ImageJob(PROMPT, 1, 0, {"steps": 1, "guidance_scale": 0.0})
             engine.generate([job])  # warm-up
@@ -329,12 +401,13 @@ def cpu_mode(args: argparse.Namespace) -> int:
     from speech2image_nb.server.engines.cpu import physical_core_count
 
     threads = args.threads or physical_core_count()
-    torch.set_num_threads(threads)  # min-dalle's modules run on the global setting
+    torch.set_num_threads(threads)  # min-dalle's modules run on the global setting (read by TORCH_THREAD)
     print(f"# engine_speed CPU mode, {threads} threads, torch {torch.__version__}")
     print(f"# {cpu_description()}\n", flush=True)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
+    api_rows: list[tuple[Any, ...]] = []
     for variant in args.variants:
-        rows += cpu_dalle(args, variant, threads)
+        rows += cpu_dalle(args, variant, threads, api_rows)
     print(f"\n# at the end: {cpu_description()}")
     print(
         "\n| variant | images | min-dalle s | ours fp32 s | ours int8 s | int8 vs min-dalle | int8 vs fp32 "
@@ -346,6 +419,12 @@ def cpu_mode(args: argparse.Namespace) -> int:
             f"| {variant} | {count} | {theirs:.1f} | {fp32:.1f} | {int8:.1f} | {theirs / int8:.1f}x "
             f"| {fp32 / int8:.1f}x | {steps} |"
         )
+    print(
+        "\n| variant | images | int8 called directly s | int8 through start_background + ImageClient s "
+        "| API / direct |\n|---|---|---|---|---|"
+    )
+    for variant, count, direct, api in api_rows:
+        print(f"| {variant} | {count} | {direct:.2f} | {api:.2f} | {api / direct:.2f} |")
     if not args.skip_diffusers:
         results = cpu_diffusers(threads)
         print(
@@ -376,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-min-dalle", action="store_true", help="time only ours")
     parser.add_argument("--skip-diffusers", action="store_true", help="no SD-Turbo-shaped timings")
+    parser.add_argument("--skip-fp32", action="store_true", help="cpu mode: not our fp32 reference path")
     parser.add_argument(
         "--profile",
         action="store_true",

@@ -16,7 +16,7 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_flags", "has_int8_dot_product", "parse_cpuinfo_flags"]
+__all__ = ["cpu_flags", "has_int8_dot_product", "is_arm", "parse_cpuinfo_flags"]
 
 #: flags (as Linux spells them) that give int8 dot products without 16-bit saturation
 _INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -58,10 +58,11 @@ def _numpy_flags() -> frozenset[str]:
     return frozenset(_NUMPY_NAMES.get(name, name.lower()) for name, present in features.items() if present)
 
 
-def _is_arm() -> bool:
+def is_arm() -> bool:
+    """True on 64-bit Arm (Apple silicon, most Chromebooks, Arm servers)."""
     return platform.machine().lower() in ("arm64", "aarch64")
 
 
 def has_int8_dot_product() -> bool:
     """True where int8 matrix products are exact to 32 bits: ARM (``sdot``/NEON) or x86 with VNNI."""
-    return _is_arm() or bool(cpu_flags() & _INT8_DOT_FLAGS)
+    return is_arm() or bool(cpu_flags() & _INT8_DOT_FLAGS)

@@ -2,7 +2,7 @@
 
 Requests wait in a FIFO queue. A single worker takes the head request and every later one with
 the same engine options, up to ``max_batch`` images, and runs them as one :meth:`Engine.generate`
-call in a worker thread (so the event loop keeps answering). A request larger than ``max_batch``
+call on the engine's own thread (so the event loop keeps answering). A request larger than ``max_batch``
 runs over several calls. Every image carries its own seed (:func:`image_seed`), so an image is the
 same alone or batched.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -186,7 +185,6 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._arrivals = 0
         self._task: asyncio.Task[None] | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch_s_avg = 1.0  # running mean of engine call time, for Retry-After
         self.running = False
@@ -203,15 +201,18 @@ class Batcher:
         """Start the worker on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2i-engine")
         self._task = asyncio.create_task(self._work(), name="s2i-batcher")
 
     async def run_in_engine_thread(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on the engine's own thread (load there, so that thread-local
-        torch state such as the CUDA device is the same for load() and generate())."""
-        if self._loop is None or self._executor is None:
+        """Run ``function(*args)`` on the engine's own thread (:attr:`Engine.engine_thread`).
+
+        Load, generations and previews all run there: thread-local torch state (the CUDA device,
+        the OpenMP thread team of the CPU kernels) is then the same for all of them, and a CPU
+        engine runs as fast served as called directly (see :mod:`.engines.engine_thread`).
+        """
+        if self._loop is None:
             raise RuntimeError("Batcher.start() was not awaited")
-        return await self._loop.run_in_executor(self._executor, function, *args)
+        return await asyncio.wrap_future(self.engine.engine_thread.submit(function, *args))
 
     async def stop(self) -> None:
         """Stop the worker and fail every waiting request."""
@@ -222,9 +223,6 @@ class Batcher:
             self._task = None
         while self._queue:
             self._queue.popleft().fail(EngineError("The image server is shutting down."))
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -305,7 +303,7 @@ class Batcher:
         return batch
 
     async def _run_batch(self, batch: Sequence[tuple[Ticket, int]]) -> None:
-        assert self._loop is not None and self._executor is not None
+        assert self._loop is not None
         loop = self._loop
         tickets = list(dict.fromkeys(t for t, _ in batch))
         started = time.perf_counter()
@@ -329,7 +327,7 @@ class Batcher:
             return self.engine.generate(jobs, on_progress=on_progress if streaming else None)
 
         try:
-            images = await loop.run_in_executor(self._executor, call)
+            images = await self.run_in_engine_thread(call)
             if len(images) != len(jobs):
                 raise EngineError(f"The engine returned {len(images)} images for {len(jobs)} requested.")
         except Exception as exc:

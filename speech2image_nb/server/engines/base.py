@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .engine_thread import EngineThread, engine_thread_of
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -199,6 +201,15 @@ class Engine(abc.ABC):
         engine that returns ``None`` it cuts at ``--max-prompt-chars`` characters instead.
         """
         return None
+
+    @property
+    def engine_thread(self) -> EngineThread:
+        """The thread this engine's torch work runs on (see :mod:`.engine_thread` for why one).
+
+        Callers that schedule work themselves (the server's batcher) submit it here; the CPU
+        engines' own methods move onto it whoever calls them.
+        """
+        return engine_thread_of(self)
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``GET /``: name, device, max_batch."""

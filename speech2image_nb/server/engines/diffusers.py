@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from ...errors import EngineError, ModelNotAvailable
 from ...hub import MODEL_DIR_HINT, hub_unavailable
 from .base import Engine, ImageJob, LoadProgress, StepProgress, resolve_device_and_dtype
-from .cpu import resolve_threads, torch_threads
+from .cpu import bf16_is_native, resolve_threads, torch_threads
+from .engine_thread import on_engine_thread
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +92,8 @@ class DiffusersEngine(Engine):
     device
         ``"cuda"``, ``"cpu"``; ``None`` picks CUDA when available.
     dtype
-        ``"fp16"``, ``"bf16"`` or ``"fp32"``; ``None`` means fp16 on CUDA, fp32 on CPU.
+        ``"fp16"``, ``"bf16"`` or ``"fp32"``; ``None`` means fp16 on CUDA, fp32 on CPU (computed
+        under bf16 autocast where the CPU has bf16 natively: :attr:`cpu_bf16`).
     max_batch
         images per pipeline call; default 8 on CUDA, 2 on CPU.
     default_steps, default_guidance_scale
@@ -142,6 +144,10 @@ class DiffusersEngine(Engine):
             raise ValueError(f"vae must be one of {', '.join(VAE_CHOICES)}, not {vae!r}")
         self.tiny_vae_id = str(tiny_vae_id)
         self.threads = None if is_cuda else resolve_threads(threads)
+        #: on a CPU that computes bf16 natively, the default (fp32 weights) runs under bf16 autocast:
+        #: an SD-Turbo-shaped pipeline with TAESD, 512 px, took 2.7 s instead of 5.8 s (2 cores,
+        #: Sapphire Rapids), the picture within 57.7 dB PSNR of fp32's; ``dtype="fp32"`` stays exact
+        self.cpu_bf16 = dtype is None and not is_cuda and bf16_is_native()
         self.pipeline: Any = None
 
     def _work(self) -> Any:
@@ -150,6 +156,13 @@ class DiffusersEngine(Engine):
 
         return torch_threads(self.threads) if self.threads is not None else contextlib.nullcontext()
 
+    def _precision(self) -> Any:
+        """bf16 autocast where :attr:`cpu_bf16` (see there), else nothing."""
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16)
+
+    @on_engine_thread
     def load(self, progress: LoadProgress | None = None) -> None:
         """Load (downloading into the Hugging Face cache if needed) and move the pipeline to the device."""
         import torch
@@ -248,6 +261,7 @@ class DiffusersEngine(Engine):
             raise ValueError(f"guidance_scale must be a number between 0 and {MAX_GUIDANCE}")
         return {"steps": steps, "guidance_scale": float(guidance)}
 
+    @on_engine_thread
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
     ) -> list[Image.Image]:
@@ -274,7 +288,7 @@ class DiffusersEngine(Engine):
                     return tensors
 
                 try:
-                    with torch.inference_mode(), self._work():
+                    with torch.inference_mode(), self._work(), self._precision():
                         result = self.pipeline(
                             prompt=[job.prompt for job in chunk],
                             num_inference_steps=steps,

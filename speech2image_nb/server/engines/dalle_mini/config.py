@@ -131,12 +131,19 @@ MEGA_TINY = dataclasses.replace(
     TINY, is_mega=True, attention_head_count=8, text_vocab_count=50272, image_vocab_count=16415
 )
 
+#: a mini with a third of its layers at half its width, for timing tests: a decoder step has the
+#: mini's structure and a few ms of real kernel work (the tiny one's steps are Python overhead only)
+SMALL = dataclasses.replace(
+    MINI, layer_count=4, attention_head_count=8, embed_count=512, glu_embed_count=1365, vqgan_width_divisor=4
+)
+
 #: names accepted by ``save_random_checkpoint(variant=...)``
 VARIANTS: dict[str, DalleConfig] = {
     "tiny": TINY,
     "mega-tiny": MEGA_TINY,
     "tiny-fullvqgan": dataclasses.replace(TINY, vqgan_width_divisor=1),
     "mega-tiny-fullvqgan": dataclasses.replace(MEGA_TINY, vqgan_width_divisor=1),
+    "small": SMALL,
     "mini": MINI,
     "mega": MEGA,
 }

@@ -105,11 +105,11 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """One token ``[B, 1, embed]`` through the layer, writing its keys/values at ``position``."""
         h = self.pre_self_attn_layer_norm(state)
-        k, v = self.self_attn.keys_values(h)
+        q, k, v = self.self_attn.self_projections(h)
         keys, values = cache.self_keys[layer_index], cache.self_values[layer_index]
         keys.index_copy_(2, position, k)
         values.index_copy_(2, position, v)
-        h = self.self_attn.attend(self.self_attn.queries(h), keys, values, self_mask)
+        h = self.self_attn.attend(q, keys, values, self_mask)
         state = state + self.self_attn_layer_norm(h)
 
         h = self.pre_encoder_attn_layer_norm(state)

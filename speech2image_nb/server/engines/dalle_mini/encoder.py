@@ -24,8 +24,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.pre_self_attn_layer_norm(state)
-        k, v = self.self_attn.keys_values(h)
-        h = self.self_attn.attend(self.self_attn.queries(h), k, v, mask)
+        q, k, v = self.self_attn.self_projections(h)
+        h = self.self_attn.attend(q, k, v, mask)
         state = state + self.self_attn_layer_norm(h)
         return state + self.glu(state)
 

@@ -47,6 +47,7 @@ from ..base import (
     warn_if_bf16_is_emulated,
 )
 from ..cpu import bf16_is_native, resolve_threads, torch_threads
+from ..engine_thread import on_engine_thread
 from .config import IMAGE_TOKEN_COUNT, START_TOKEN, DalleConfig
 from .options import OPTION_NAMES, SamplingOptions
 from .previews import PreviewCost
@@ -300,6 +301,10 @@ class DalleMiniEngine(Engine):
     threads
         torch CPU threads during this engine's work (set around each call, then restored);
         ``None``: ``$S2I_CPU_THREADS``, else the physical cores.
+    int8_kernel
+        the int8 path's kernel, a name of :data:`.int8.KERNELS`; ``None``: chosen for this CPU
+        at load (:func:`.int8.choose_kernel`: full 8-bit activations where the CPU has int8 dot
+        products). Tests force each one.
     """
 
     option_names = OPTION_NAMES
@@ -318,8 +323,11 @@ class DalleMiniEngine(Engine):
         noise: str | None = None,
         preview_budget: float | None = None,
         threads: int | None = None,
+        int8_kernel: str | None = None,
     ) -> None:
         import torch
+
+        from .int8 import KERNELS
 
         self.is_mega = bool(is_mega)
         self.name = "dalle-mega" if self.is_mega else "dalle-mini"
@@ -344,6 +352,10 @@ class DalleMiniEngine(Engine):
             raise ValueError(f"preview_budget must be a number >= 0, not {preview_budget!r}")
         self.preview_budget = float(preview_budget)
         self.threads = None if is_cuda else resolve_threads(threads)
+        if int8_kernel is not None and int8_kernel not in KERNELS:
+            raise ValueError(f"int8_kernel must be one of {', '.join(KERNELS)}, not {int8_kernel!r}")
+        #: the int8 kernel path (None until :meth:`load` chose one, and off the int8 path)
+        self.int8_kernel: str | None = int8_kernel if self.is_int8 else None
         #: VQGAN precision of previews and of final pictures (bf16 where the CPU has it natively)
         self._preview_in_bf16 = not is_cuda and bf16_is_native()
         self._final_in_bf16 = self.is_int8 and bf16_is_native()
@@ -373,6 +385,7 @@ class DalleMiniEngine(Engine):
 
     # --- loading -------------------------------------------------------------------------------
 
+    @on_engine_thread
     def load(self, progress: LoadProgress | None = None) -> None:
         """Find or download the five files, build the three networks and load their weights.
 
@@ -397,7 +410,8 @@ class DalleMiniEngine(Engine):
                 report(0.98, "timing one preview decode")
                 self._preview_cost = self._time_preview()
         report(1.0, f"{self.name} ready on {self.device} ({self.dtype_name})")
-        log.info("%s loaded on %s (%s)", self.name, self.device, self.dtype_name)
+        kernel = f", kernel {self.int8_kernel}" if self.int8_kernel is not None else ""
+        log.info("%s loaded on %s (%s%s)", self.name, self.device, self.dtype_name, kernel)
 
     def _build_networks(
         self, config: DalleConfig, tokenizer: TextTokenizer, paths: Mapping[str, Path], report: LoadProgress
@@ -435,20 +449,26 @@ class DalleMiniEngine(Engine):
 
     def _quantize(self, module: torch.nn.Module, role: str, report: LoadProgress) -> torch.nn.Module:
         """8-bit weights for ``module``'s Linear layers, fp32 for the rest of its parameters."""
-        from .int8 import quantize_linears
+        from .int8 import choose_kernel, quantize_linears
 
         started = time.perf_counter()
+        if self.int8_kernel is None:
+            self.int8_kernel = choose_kernel()
+        for layer in module.layers:  # type: ignore[union-attr]
+            layer.self_attn.fuse_self_projections()
+            layer.glu.fuse_input_projections()
 
         def on_layer(done: int, total: int) -> None:
             if done == 1 or done % 8 == 0 or done == total:
                 report(done / total, f"quantizing the {role} to 8 bits: layer {done} of {total}")
 
-        count = quantize_linears(module, on_layer=on_layer)
+        count = quantize_linears(module, kernel=self.int8_kernel, on_layer=on_layer)
         log.debug(
-            "%s: %d Linear layers of the %s quantized in %.1f s",
+            "%s: %d Linear layers of the %s quantized for %s in %.1f s",
             self.name,
             count,
             role,
+            self.int8_kernel,
             time.perf_counter() - started,
         )
         return module.float()
@@ -485,6 +505,7 @@ class DalleMiniEngine(Engine):
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=in_bf16):
             return torch.cat([detokenizer(tokens[i : i + 1]).float() for i in range(tokens.shape[0])])
 
+    @on_engine_thread
     def _preview_image(self, image_tokens: torch.Tensor) -> Image.Image:
         """A preview picture of tokens ``[1, 256]``."""
         import torch
@@ -517,6 +538,7 @@ class DalleMiniEngine(Engine):
         cond = tokens + [pad] * (count - len(tokens))
         return [uncond, cond]
 
+    @on_engine_thread
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder-side text states ``[2n, 64, embed]`` and mask ``[2n, 64]`` for n prompts.
 
@@ -574,6 +596,7 @@ class DalleMiniEngine(Engine):
         self._generations.move_to_end(key)
         return generation
 
+    @on_engine_thread
     def sample_image_tokens(
         self,
         prompts: Sequence[str],
@@ -681,6 +704,7 @@ class DalleMiniEngine(Engine):
         log.debug("%s: %d of %d images still wanted", self.name, len(rows), generation.image_count)
         return smaller
 
+    @on_engine_thread
     def teacher_forced_logits(
         self, prompt: str, image_tokens: torch.Tensor, *, supercondition_factor: float = 16.0
     ) -> torch.Tensor:
@@ -710,11 +734,13 @@ class DalleMiniEngine(Engine):
                 out[i] = uncond * (1 - supercondition_factor) + cond * supercondition_factor
         return out
 
+    @on_engine_thread
     def detokenize(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Pixels ``[n, 256, 256, 3]`` (float 0..255) of image tokens ``[n, 256]`` (final quality)."""
         with self._work():
             return self._decode(image_tokens, in_bf16=self._final_in_bf16)
 
+    @on_engine_thread
     def to_images(self, image_tokens: torch.Tensor) -> list[Image.Image]:
         """PIL images of image tokens (truncated to uint8, as min-dalle does)."""
         import torch
@@ -723,6 +749,7 @@ class DalleMiniEngine(Engine):
         pixels = self.detokenize(image_tokens).to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p) for p in pixels]
 
+    @on_engine_thread
     def generate(
         self, jobs: Sequence[ImageJob], *, on_progress: StepProgress | None = None
     ) -> list[Image.Image | None]:
