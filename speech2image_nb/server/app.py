@@ -5,8 +5,9 @@
 (:mod:`.routes`), what they read from ``app.state`` (:mod:`.settings`, :mod:`.state`), the path
 clean-up and URL token (:mod:`.paths`), the token check (:mod:`.auth`), how much of a prompt the
 engine reads (:mod:`.prompts`), the error answers (:mod:`.error_handlers`), the OpenAPI description
-(:mod:`.openapi`) and the batcher that runs the engine (:mod:`.batcher`). The engine loads in the
-app's lifespan, on the batcher's engine thread, never at construction.
+(:mod:`.openapi`) and the batcher that runs the engine (:mod:`.batcher`), behind the seam of
+:mod:`.image_source`. The engine loads in the app's lifespan, on the batcher's engine thread, never
+at construction.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .auth import BearerAuth
 from .batcher import DEFAULT_BATCH_WAIT_S, Batcher
 from .engines.base import Engine, LoadProgress
 from .error_handlers import ApiError, install_error_handlers
+from .image_source import ImageSource, LocalImages
 from .openapi import install_openapi
 from .paths import CanonicalPath
 from .routes import router
@@ -39,25 +41,23 @@ __all__ = ["ApiError", "GenerateRequest", "create_app", "encode_image"]
 
 
 def _lifespan(
-    engine: Engine, batcher: Batcher, load_progress: LoadProgress | None
+    source: ImageSource, load_progress: LoadProgress | None
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """Load the engine on the batcher's thread at start-up; stop the batcher at shutdown."""
+    """Start the image source at start-up (the local one loads the engine); stop it at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
         try:
-            await batcher.run_in_engine_thread(engine.load, load_progress)
+            await source.start(load_progress)
         except BaseException as exc:
             app.state.load_error = exc
-            await batcher.stop()
             raise
-        app.state.engine = engine
-        app.state.batcher = batcher
+        app.state.engine = source.engine
+        app.state.batcher = source
         try:
             yield
         finally:
-            await batcher.stop()
+            await source.stop()
 
     return lifespan
 
@@ -75,6 +75,7 @@ def create_app(
     cors_origins: Sequence[str] = ("*",),
     load_progress: LoadProgress | None = None,
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+    image_source: ImageSource | None = None,
 ) -> FastAPI:
     """Build the image server around ``engine`` (loaded in the app's lifespan, not here).
 
@@ -96,6 +97,10 @@ def create_app(
         Called with ``(fraction, message)`` while the engine loads.
     batch_wait_s
         Longest gathering window of the batcher (see :mod:`.batcher`).
+    image_source
+        What makes the images (see :mod:`.image_source`); default: ``engine`` and our batcher in
+        this process (with ``max_batch``, ``max_queue`` and ``batch_wait_s``). Ray Serve passes
+        its replicas here; ``engine`` then only describes the options (OpenAPI) and is not loaded.
     """
     config = ServerConfig(
         limits=RequestLimits(max_images=max_images, max_prompt_chars=max_prompt_chars),
@@ -103,12 +108,14 @@ def create_app(
         save_dir=Path(save_dir) if save_dir is not None else None,
         needs_token=token is not None,
     )
-    batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    if image_source is None:
+        batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+        image_source = LocalImages(engine, batcher)
     app = FastAPI(
         title="speech2image_nb image server",
         version=__version__,
         description="DALL-E Playground compatible image generation, with seeds, streaming and batching.",
-        lifespan=_lifespan(engine, batcher, load_progress),
+        lifespan=_lifespan(image_source, load_progress),
         docs_url=None,
         redoc_url=None,
     )
