@@ -366,3 +366,20 @@ def test_killed_replica_gives_a_clear_error_then_ray_restarts_it(ray_server: Ray
         if any(replicas[name]["served"] > 0 for name in new):
             break
     assert new and any(replicas[name]["served"] > 0 for name in new), replicas
+
+
+def test_committed_serve_config_builds_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/ray-serve.yaml is a valid Serve config whose args build_app accepts (no Ray needed)."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from speech2image_nb.server.ray_serve import build_app
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "ray-serve.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    (app_config,) = config["applications"]
+    assert app_config["import_path"] == "speech2image_nb.server.ray_serve:build_app"
+    assert build_app(app_config["args"]) is not None
+    assert build_app({"engine": "noise", "replicas": "2", "no_auth": "true"}) is not None
+    with pytest.raises(Exception, match="Unknown argument"):
+        build_app({"engine": "noise", "replica": "2"})

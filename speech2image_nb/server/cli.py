@@ -21,6 +21,7 @@ from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 
 if TYPE_CHECKING:
     from . import BackgroundServer
+    from .ray_local import RayServer
     from .tunnel import Tunnel
 
 __all__ = ["build_parser", "main"]
@@ -86,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--save-dir", help="also save every image here (files named by a random id)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
+    parser.add_argument(
+        "--ray-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve with N engine replicas on a local Ray (needs speech2image_nb[ray]; default: no Ray)",
+    )
+    parser.add_argument(
+        "--ray-gpus-per-replica",
+        type=float,
+        default=None,
+        help="GPUs per replica: 1, or 0.5 for two on a card (default: 1 when a GPU is visible, else 0)",
+    )
     return parser
 
 
@@ -118,7 +132,9 @@ def _choose_token(args: argparse.Namespace) -> tuple[str | None, bool]:
     return token, False
 
 
-def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServer:
+def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServer | RayServer:
+    if args.ray_replicas > 0:
+        return _start_ray_server(args, token)
     from . import start_background
     from .engines import create_engine
 
@@ -142,7 +158,38 @@ def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServ
     )
 
 
-def _open_tunnel(args: argparse.Namespace, server: BackgroundServer) -> Tunnel:
+def _start_ray_server(args: argparse.Namespace, token: str | None) -> RayServer:
+    """The same server on a local Ray: ``--ray-replicas`` engines, each with its own batcher."""
+    try:
+        from .ray_local import start_ray_server
+        from .ray_serve import EngineRecipe, IngressOptions, ReplicaOptions, ScalingOptions
+    except ModuleNotFoundError as exc:
+        raise Speech2ImageError("--ray-replicas needs Ray: pip install 'speech2image_nb[ray]'.") from exc
+    gpus = args.ray_gpus_per_replica
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    print(f"starting Ray with {args.ray_replicas} replicas of {args.engine} ...", flush=True)
+    return start_ray_server(
+        EngineRecipe(
+            args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype, vae=args.vae
+        ),
+        scaling=ScalingOptions(replicas=args.ray_replicas, gpus_per_replica=gpus),
+        replica=ReplicaOptions(max_batch=args.max_batch, max_queue=args.max_queue),
+        ingress=IngressOptions(
+            token=token,
+            token_env=None,
+            max_images=args.max_images,
+            max_prompt_chars=args.max_prompt_chars,
+            request_timeout_s=args.request_timeout,
+        ),
+        host=args.host,
+        port=args.port,
+    )
+
+
+def _open_tunnel(args: argparse.Namespace, server: BackgroundServer | RayServer) -> Tunnel:
     from .tunnel import open_tunnel
 
     port = int(server.url.rsplit(":", 1)[1])
@@ -179,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     token, created_token = _choose_token(args)
-    server: BackgroundServer | None = None
+    server: BackgroundServer | RayServer | None = None
     tunnel: Tunnel | None = None
     try:
         server = _start_server(args, token)
