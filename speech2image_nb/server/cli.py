@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -171,7 +172,7 @@ def _start_ray_server(args: argparse.Namespace, token: str | None) -> RayServer:
 
         gpus = 1.0 if torch.cuda.is_available() else 0.0
     print(f"starting Ray with {args.ray_replicas} replicas of {args.engine} ...", flush=True)
-    return start_ray_server(
+    server = start_ray_server(
         EngineRecipe(
             args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype, vae=args.vae
         ),
@@ -187,6 +188,14 @@ def _start_ray_server(args: argparse.Namespace, token: str | None) -> RayServer:
         host=args.host,
         port=args.port,
     )
+    signal.signal(signal.SIGTERM, _interrupt)
+    return server
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the Ray server as Ctrl-C does: Ray's own handler exits at once and leaves its
+    dashboard and runtime-environment agents running."""
+    raise KeyboardInterrupt
 
 
 def _open_tunnel(args: argparse.Namespace, server: BackgroundServer | RayServer) -> Tunnel:
