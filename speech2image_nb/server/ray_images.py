@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import EngineError
 from ..images.protocol import ImageEvent, ProgressEvent, QueuedEvent
@@ -103,7 +103,7 @@ class RayImages:
         The engine built here but not loaded: it checks request options.
     """
 
-    def __init__(self, handle: DeploymentHandle, local_engine: Engine) -> None:
+    def __init__(self, handle: DeploymentHandle[Any], local_engine: Engine) -> None:
         self._handle = handle
         self._local = local_engine
         self._engine: RemoteEngine | None = None
@@ -163,7 +163,9 @@ class RayImages:
             stream=stream,
         )
         request = ReplicaRequest(prompt, seed, num_images, dict(options), stream)
-        responses: DeploymentResponseGenerator = self._handle.options(stream=True).generate.remote(request)
+        responses = cast(
+            "DeploymentResponseGenerator[Any]", self._handle.options(stream=True).generate.remote(request)
+        )
         self._waiting.add(ticket)
         try:
             first = await responses.__anext__()
@@ -172,7 +174,7 @@ class RayImages:
             raise QueueFullError(self.retry_after_s()) from exc
         except asyncio.CancelledError:
             self._waiting.discard(ticket)
-            responses.cancel()
+            _cancel(responses)
             raise
         except Exception as exc:
             self._waiting.discard(ticket)
@@ -180,7 +182,7 @@ class RayImages:
             return ticket
         if not isinstance(first, Accepted):
             self._waiting.discard(ticket)
-            responses.cancel()
+            _cancel(responses)
             if isinstance(first, Refused):
                 raise QueueFullError(first.retry_after_s)
             ticket.fail(EngineError(f"The image replica answered {type(first).__name__} first; see its log."))
@@ -192,7 +194,7 @@ class RayImages:
         return ticket
 
     async def _follow(
-        self, responses: DeploymentResponseGenerator, ticket: Ticket, accepted: Accepted
+        self, responses: DeploymentResponseGenerator[Any], ticket: Ticket, accepted: Accepted
     ) -> None:
         """Copy the replica's stream into ``ticket`` until its last image, a failure or a cancel."""
         counts = self._replicas.setdefault(accepted.replica, collections.Counter())
@@ -220,7 +222,7 @@ class RayImages:
                 elapsed = time.perf_counter() - started
                 self._request_s_avg = 0.7 * self._request_s_avg + 0.3 * elapsed
         except asyncio.CancelledError:
-            responses.cancel()
+            _cancel(responses)
             ticket.fail(EngineError("The image server is shutting down."))
             raise
         except Exception as exc:
@@ -228,6 +230,11 @@ class RayImages:
         finally:
             self._waiting.discard(ticket)
             counts["running"] -= 1
+
+
+def _cancel(responses: Any) -> None:
+    """Cancel a call (Ray's ``cancel`` is untyped): the replica's generator gets CancelledError."""
+    responses.cancel()
 
 
 def _replica_error(exc: Exception) -> EngineError:

@@ -56,7 +56,7 @@ class RayServer:
             return
         self._stopped.set()
         try:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
             ray.shutdown()
 

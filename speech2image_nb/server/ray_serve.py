@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from ..errors import ConfigError
@@ -38,6 +38,8 @@ from .replica_messages import Accepted, Failure, Refused, ReplicaItem, ReplicaRe
 from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 
 __all__ = [
+    "INGRESS_DEPLOYMENT",
+    "REPLICA_DEPLOYMENT",
     "TOKEN_ENV",
     "EngineRecipe",
     "ImageIngress",
@@ -158,12 +160,12 @@ class ScalingOptions:
         return options
 
 
-@serve.deployment(name="ImageReplica", health_check_period_s=5, graceful_shutdown_timeout_s=5)
 class ImageReplica:
     """One engine and its batcher; ``generate`` streams one request's answer (see
     :mod:`.replica_messages`)."""
 
-    async def __init__(self, recipe: EngineRecipe, options: ReplicaOptions) -> None:
+    # Serve awaits an async constructor and routes nothing to the replica before it returns
+    async def __init__(self, recipe: EngineRecipe, options: ReplicaOptions) -> None:  # type: ignore[misc]
         engine = recipe.build()
         batcher = Batcher(
             engine,
@@ -236,12 +238,12 @@ class ImageReplica:
         await self._images.stop()
 
 
-@serve.deployment(name="ImageIngress", max_ongoing_requests=INGRESS_MAX_ONGOING)
-@serve.ingress()
 class ImageIngress:
     """The image server's HTTP app, its images made by the :class:`ImageReplica` deployment."""
 
-    def __init__(self, replicas: DeploymentHandle, recipe: EngineRecipe, options: IngressOptions) -> None:
+    def __init__(
+        self, replicas: DeploymentHandle[Any], recipe: EngineRecipe, options: IngressOptions
+    ) -> None:
         self._replicas = replicas
         self._recipe = recipe
         self._options = options
@@ -264,6 +266,15 @@ class ImageIngress:
         )
 
 
+#: the Serve deployments of the two classes (made here, not by class decorators, which type checkers skip)
+REPLICA_DEPLOYMENT: Deployment = serve.deployment(
+    name="ImageReplica", health_check_period_s=5, graceful_shutdown_timeout_s=5
+)(ImageReplica)
+INGRESS_DEPLOYMENT: Deployment = serve.deployment(
+    name="ImageIngress", max_ongoing_requests=INGRESS_MAX_ONGOING
+)(serve.ingress()(ImageIngress))
+
+
 def _log_progress(fraction: float, message: str) -> None:
     logger.info("loading: %d%% %s", round(fraction * 100), message)
 
@@ -278,9 +289,10 @@ def image_app(
     """The Serve application: the ingress bound to the replica deployment."""
     scaling = scaling or ScalingOptions()
     replica = replica or ReplicaOptions()
-    model = ImageReplica.options(**scaling.deployment_options(replica)).bind(recipe, replica)
-    ingress_deployment = ImageIngress.options(ray_actor_options={"num_cpus": scaling.ingress_cpus})
-    return ingress_deployment.bind(model, recipe, ingress or IngressOptions())
+    model = REPLICA_DEPLOYMENT.options(**scaling.deployment_options(replica)).bind(recipe, replica)
+    ingress_deployment = INGRESS_DEPLOYMENT.options(ray_actor_options={"num_cpus": scaling.ingress_cpus})
+    application: Application = ingress_deployment.bind(model, recipe, ingress or IngressOptions())
+    return application
 
 
 #: ``build_app`` arguments: name -> (type, where it goes)
