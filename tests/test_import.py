@@ -72,3 +72,14 @@ print(json.dumps(before == after))
 """
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "true"
+
+
+def test_server_and_its_command_line_do_not_import_ray():
+    """Ray is an optional extra: importing the server, its app and its CLI loads none of it."""
+    probe = (
+        "import sys, speech2image_nb.server, speech2image_nb.server.app, speech2image_nb.server.cli, "
+        "speech2image_nb.server.image_source\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -5,10 +5,10 @@
 (:mod:`.routes`), what they read from ``app.state`` (:mod:`.settings`, :mod:`.state`), the path
 clean-up and URL token (:mod:`.paths`), the token check (:mod:`.auth`), how much of a prompt the
 engine reads (:mod:`.prompts`), the error answers (:mod:`.error_handlers`), the OpenAPI description
-(:mod:`.openapi`), the batcher that runs the engine (:mod:`.batcher`) and the classroom filter
-(:mod:`.screening`: the prompt check before the engine, the picture check inside the engine's
-call). The engine, then the picture check's classifier, load in the app's lifespan, on the
-batcher's engine thread, never at construction.
+(:mod:`.openapi`), the batcher that runs the engine (:mod:`.batcher`), behind the seam of
+:mod:`.image_source`, and the classroom filter (:mod:`.screening`: the prompt check before the
+engine, the picture check inside the engine's call). The engine, then the picture check's
+classifier, load in the app's lifespan, on the engine's thread, never at construction.
 """
 
 from __future__ import annotations
@@ -32,69 +32,37 @@ from ..safety import Policy, RefusalLog
 from ..safety.images import ImageChecker
 from ..safety.policy import warn_off_once
 from .auth import BearerAuth
-from .batcher import DEFAULT_BATCH_WAIT_S, Batcher
+from .batcher import DEFAULT_BATCH_WAIT_S
 from .engines.base import Engine, LoadProgress
 from .error_handlers import ApiError, install_error_handlers
+from .image_source import ImageSource, LocalImages
 from .openapi import install_openapi
 from .paths import CanonicalPath
 from .routes import router
-from .screening import ScreenedEngine
 from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S, ServerConfig
 
 __all__ = ["ApiError", "GenerateRequest", "create_app", "encode_image"]
 
 
-#: share of the load progress the engine reports in, when the picture check loads after it
-ENGINE_LOAD_SHARE = 0.9
-
-
-def _scaled(progress: LoadProgress | None, start: float, share: float) -> LoadProgress | None:
-    if progress is None:
-        return None
-    report = progress
-    return lambda fraction, message: report(start + share * min(max(fraction, 0.0), 1.0), message)
-
-
-def _load_checker(model: str | None, device: str, progress: LoadProgress | None) -> ImageChecker:
-    from ..safety.images import load_image_checker
-
-    return load_image_checker(model, device=device, progress=progress)
-
-
 def _lifespan(
-    engine: Engine,
-    batcher: Batcher,
-    load_progress: LoadProgress | None,
-    screened: ScreenedEngine | None,
-    checker_model: str | None,
+    source: ImageSource, load_progress: LoadProgress | None
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """Load the engine, then the picture check (when it is to be loaded), on the batcher's thread
-    at start-up; stop the batcher at shutdown."""
-    load_checker = screened is not None and screened.checker is None
-    engine_share = ENGINE_LOAD_SHARE if load_checker else 1.0
+    """Start the image source at start-up (the local one loads the engine, then the picture
+    check); stop it at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
         try:
-            await batcher.run_in_engine_thread(engine.load, _scaled(load_progress, 0.0, engine_share))
-            if load_checker:
-                assert screened is not None
-                device = str(getattr(engine, "device", "cpu") or "cpu")
-                checker_progress = _scaled(load_progress, engine_share, 1.0 - engine_share)
-                screened.checker = await batcher.run_in_engine_thread(
-                    _load_checker, checker_model, device, checker_progress
-                )
+            await source.start(load_progress)
         except BaseException as exc:
             app.state.load_error = exc
-            await batcher.stop()
             raise
-        app.state.engine = engine
-        app.state.batcher = batcher
+        app.state.engine = source.engine
+        app.state.batcher = source
         try:
             yield
         finally:
-            await batcher.stop()
+            await source.stop()
 
     return lifespan
 
@@ -114,6 +82,7 @@ def create_app(
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
     safety: Policy | None = None,
     image_checker: ImageChecker | str | None = None,
+    image_source: ImageSource | None = None,
 ) -> FastAPI:
     """Build the image server around ``engine`` (loaded in the app's lifespan, not here).
 
@@ -145,6 +114,11 @@ def create_app(
         to load (hub repo id or folder); default ``$S2I_SAFETY_IMAGE_MODEL`` or the default model,
         loaded after the engine at start-up, on the engine's device. Not loaded when pictures are
         not checked.
+    image_source
+        What makes the images (see :mod:`.image_source`); default: ``engine`` and our batcher in
+        this process (with ``max_batch``, ``max_queue``, ``batch_wait_s`` and the picture check).
+        Ray Serve passes its replicas here (each checks its own pictures); ``engine`` then only
+        describes the options (OpenAPI) and is not loaded.
     """
     policy = Policy.resolve() if safety is None else safety
     if not policy.enabled:
@@ -157,18 +131,21 @@ def create_app(
         safety=policy,
     )
     refusals = RefusalLog()
-    screened: ScreenedEngine | None = None
-    checker_model: str | None = None
-    if config.checks_images:
-        given = None if isinstance(image_checker, str) else image_checker
-        checker_model = image_checker if isinstance(image_checker, str) else None
-        screened = ScreenedEngine(engine, given, refusals=refusals)
-    batcher = Batcher(screened or engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    if image_source is None:
+        image_source = LocalImages.build(
+            engine,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            batch_wait_s=batch_wait_s,
+            image_checker=image_checker if config.checks_images else None,
+            check_images=config.checks_images,
+            refusals=refusals,
+        )
     app = FastAPI(
         title="speech2image_nb image server",
         version=__version__,
         description="DALL-E Playground compatible image generation, with seeds, streaming and batching.",
-        lifespan=_lifespan(engine, batcher, load_progress, screened, checker_model),
+        lifespan=_lifespan(image_source, load_progress),
         docs_url=None,
         redoc_url=None,
     )

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -22,6 +23,7 @@ from .settings import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 if TYPE_CHECKING:
     from ..safety import Policy
     from . import BackgroundServer
+    from .ray_local import RayServer
     from .tunnel import Tunnel
 
 __all__ = ["build_parser", "main"]
@@ -88,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-dir", help="also save every image here (files named by a random id)")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     _add_safety_options(parser)
+    parser.add_argument(
+        "--ray-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve with N engine replicas on a local Ray (needs speech2image_nb[ray]; default: no Ray)",
+    )
+    parser.add_argument(
+        "--ray-gpus-per-replica",
+        type=float,
+        default=None,
+        help="GPUs per replica: 1, or 0.5 for two on a card (default: 1 when a GPU is visible, else 0)",
+    )
     return parser
 
 
@@ -162,7 +177,9 @@ def _choose_token(args: argparse.Namespace) -> tuple[str | None, bool]:
     return token, False
 
 
-def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServer:
+def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServer | RayServer:
+    if args.ray_replicas > 0:
+        return _start_ray_server(args, token)
     from . import start_background
     from .engines import create_engine
 
@@ -189,16 +206,61 @@ def _start_server(args: argparse.Namespace, token: str | None) -> BackgroundServ
     )
 
 
-def _describe_filter(server: BackgroundServer) -> str:
+def _describe_filter(policy: Policy) -> str:
     """One line for the terminal: the level, and whether pictures are checked."""
-    config = server.app.state.config
-    if not config.safety.enabled:
+    if not policy.enabled:
         return "off (prompts and pictures are not checked)"
-    pictures = "pictures checked" if config.checks_images else "pictures not checked"
-    return f"{config.safety.level} (prompts checked, {pictures})"
+    pictures = "pictures checked" if policy.check_images else "pictures not checked"
+    return f"{policy.level} (prompts checked, {pictures})"
 
 
-def _open_tunnel(args: argparse.Namespace, server: BackgroundServer) -> Tunnel:
+def _start_ray_server(args: argparse.Namespace, token: str | None) -> RayServer:
+    """The same server on a local Ray: ``--ray-replicas`` engines, each with its own batcher."""
+    try:
+        from .ray_local import start_ray_server
+        from .ray_serve import EngineRecipe, IngressOptions, ReplicaOptions, ScalingOptions
+    except ModuleNotFoundError as exc:
+        raise Speech2ImageError("--ray-replicas needs Ray: pip install 'speech2image_nb[ray]'.") from exc
+    gpus = args.ray_gpus_per_replica
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    policy = _policy(args)
+    print(f"starting Ray with {args.ray_replicas} replicas of {args.engine} ...", flush=True)
+    server = start_ray_server(
+        EngineRecipe(
+            args.engine, model_dir=args.model_dir, device=args.device, dtype=args.dtype, vae=args.vae
+        ),
+        scaling=ScalingOptions(replicas=args.ray_replicas, gpus_per_replica=gpus),
+        replica=ReplicaOptions(
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            check_images=policy.enabled and policy.check_images,
+            image_checker=args.safety_image_model,
+        ),
+        ingress=IngressOptions(
+            safety=policy,
+            token=token,
+            token_env=None,
+            max_images=args.max_images,
+            max_prompt_chars=args.max_prompt_chars,
+            request_timeout_s=args.request_timeout,
+        ),
+        host=args.host,
+        port=args.port,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    return server
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the Ray server as Ctrl-C does: Ray's own handler exits at once and leaves its
+    dashboard and runtime-environment agents running."""
+    raise KeyboardInterrupt
+
+
+def _open_tunnel(args: argparse.Namespace, server: BackgroundServer | RayServer) -> Tunnel:
     from .tunnel import open_tunnel
 
     port = int(server.url.rsplit(":", 1)[1])
@@ -236,12 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the time on each line: the teacher's log of refusals says when (see speech2image_nb.safety)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token, created_token = _choose_token(args)
-    server: BackgroundServer | None = None
+    server: BackgroundServer | RayServer | None = None
     tunnel: Tunnel | None = None
     try:
         server = _start_server(args, token)
         print(f"ready: image server at {server.url} (engine {args.engine})", flush=True)
-        print(f"classroom filter: {_describe_filter(server)}", flush=True)
+        print(f"classroom filter: {_describe_filter(_policy(args))}", flush=True)
         public_url = server.url
         if args.tunnel:
             tunnel = _open_tunnel(args, server)

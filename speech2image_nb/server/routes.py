@@ -37,8 +37,9 @@ from ..images.protocol import (
     parse_generate_request,
 )
 from .auth import is_authorized
-from .batcher import Batcher, QueueFullError, Ticket
+from .batcher import QueueFullError, Ticket
 from .error_handlers import ApiError, engine_failure
+from .image_source import ImageSource
 from .openapi import GENERATE_RESPONSES, STREAM_RESPONSES
 from .prompts import fit_prompt
 from .screening import is_withheld, prompt_refusal
@@ -103,11 +104,11 @@ GenerateDep = Annotated[GenerateRequest, Depends(read_generate_request)]
 CheckedDep = Annotated[CheckedRequest, Depends(read_checked_request)]
 
 
-def submit(batcher: Batcher, req: GenerateRequest, *, stream: bool) -> tuple[Ticket, int]:
+async def submit(images: ImageSource, req: GenerateRequest, *, stream: bool) -> tuple[Ticket, int]:
     """Queue the request with its seed (a random one when it named none)."""
     seed = req.seed or secrets.randbelow(RANDOM_SEED_MAX) + 1
     try:
-        ticket = batcher.submit(
+        ticket = await images.submit(
             prompt=req.text, seed=seed, num_images=req.num_images, options=req.options, stream=stream
         )
     except QueueFullError as exc:
@@ -152,7 +153,7 @@ async def generate(
     req: GenerateDep, engine: EngineDep, batcher: BatcherDep, config: ConfigDep
 ) -> JSONResponse:
     """Answer with all images at once, in the DALL-E Playground's shape."""
-    ticket, seed = submit(batcher, req, stream=False)
+    ticket, seed = await submit(batcher, req, stream=False)
     images = await wait_for_images(ticket, config.request_timeout_s)
     clock = asyncio.get_running_loop().time
     encode_started = clock()
@@ -194,7 +195,7 @@ async def generate_stream(
             iter([event]), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
     req = checked.request
-    ticket, seed = submit(batcher, req, stream=True)
+    ticket, seed = await submit(batcher, req, stream=True)
     events = stream_events(
         ticket, req, seed=seed, engine_name=engine.name, timeout_s=config.request_timeout_s
     )

@@ -1,7 +1,8 @@
 """What the routes read from ``app.state``, and the FastAPI dependencies that read it.
 
 :func:`~speech2image_nb.server.app.create_app` stores a :class:`ServerConfig` at start-up and the
-loaded engine and running batcher once its lifespan has loaded the engine. Routes never close
+engine and the running batcher (any :class:`~.image_source.ImageSource`) once its lifespan has
+started them. Routes never close
 over those objects; they declare ``engine: EngineDep`` and friends, so tests can replace any of
 them with ``app.dependency_overrides`` (FastAPI's "bigger applications" layout).
 """
@@ -13,8 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ..safety import RefusalLog
-from .batcher import Batcher
 from .engines.base import Engine
+from .image_source import ImageSource
 from .settings import ServerConfig
 
 __all__ = [
@@ -35,9 +36,9 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_batcher(request: Request) -> Batcher:
-    """The running batcher."""
-    batcher: Batcher = request.app.state.batcher
+def get_batcher(request: Request) -> ImageSource:
+    """What makes the images (the local batcher, or Ray Serve replicas), started."""
+    batcher: ImageSource = request.app.state.batcher
     return batcher
 
 
@@ -54,6 +55,6 @@ def get_refusals(request: Request) -> RefusalLog:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+BatcherDep = Annotated[ImageSource, Depends(get_batcher)]
 ConfigDep = Annotated[ServerConfig, Depends(get_config)]
 RefusalsDep = Annotated[RefusalLog, Depends(get_refusals)]
