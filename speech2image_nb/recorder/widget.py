@@ -283,7 +283,9 @@ class Recorder(anywidget.AnyWidget, RecorderCallbacks):
         if bundle:
             from IPython.display import display
 
-            display(bundle, raw=True)  # type: ignore[no-untyped-call]
+            # ipywidgets 8 and anywidget answer (data, metadata), a plain widget its data only
+            data, metadata = bundle if isinstance(bundle, tuple) else (bundle, None)
+            display(data, metadata=metadata, raw=True)  # type: ignore[no-untyped-call]
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
