@@ -116,11 +116,16 @@ def profile_step(
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
     graphs = engine.use_cuda_graphs
     engine.use_cuda_graphs = False
-    try:
+
+    def profiled() -> Any:
         engine.sample_image_tokens([PROMPT] * count, list(range(count)), token_count=2)  # warm-up
         with profile(activities=activities) as prof:
             engine.sample_image_tokens([PROMPT] * count, list(range(count)), token_count=token_count)
             sync(device)
+        return prof
+
+    try:
+        prof = engine.engine_thread.run(profiled)  # the profiler sees the thread it was started on
     finally:
         engine.use_cuda_graphs = graphs
     sort_by = "cuda_time_total" if on_cuda else "self_cpu_time_total"
