@@ -54,12 +54,15 @@ PANEL_STATE_JS = """() => ['.s2i-status', '.s2i-error-line', '.s2i-recorder-erro
     .map((e) => e.innerText.trim()).join(' | ')}`)
   .concat([`prompt: ${(document.querySelector('.s2i-prompt textarea') || {}).value}`,
            `recorder: ${(document.querySelector('.s2i-recorder') || {dataset: {}}).dataset.state}`,
-           `images: ${document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length}`])
+           `images: ${document.querySelectorAll('.s2i-grid img.s2i-img:not(.s2i-preview)').length}`,
+           `grid html: ${(document.querySelector('.s2i-grid-box') || {innerHTML: ''}).innerHTML.length}`,
+           `panels in the page: ${document.querySelectorAll('.s2i-panel').length}`])
   .join('\\n')"""
 PANEL_STATE_PY = (
     "{'error_text': panel.error_text, 'takes': len(panel.controller.transcript._turns), "
     "'heard': panel.controller.transcript.session_text(), 'history': len(panel.controller.history), "
-    "'idle': panel.wait_idle(0)}"
+    "'idle': panel.wait_idle(0), 'grid_html_chars': len(panel.grid_html.value), "
+    "'save_disabled': panel.save_button.disabled, 'seed': panel.seed_label.value}"
 )
 
 
