@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 
+from ..errors import BLOCKED_CATEGORY_WORDS
 from ..safety import Policy, RefusalLog, check_prompt, mask_text
 
 __all__ = [
@@ -40,16 +41,6 @@ WHERE_SERVER = "server"  # the image server's own filter refused the prompt
 WHERE_SERVER_IMAGE = "server:image"  # the image server withheld a picture (as its own log says)
 PICTURE_CATEGORY = "picture"  # the category of a withheld picture (the server's name for it)
 
-#: How the line names each category (the server's words for them, so that both say the same).
-_CATEGORY_WORDS = {
-    "sexual": "sexual content",
-    "violence": "violent content",
-    "self_harm": "content about self-harm",
-    "drugs": "content about drugs",
-    "hate": "hateful content",
-    "weapons": "content about weapons",
-    "custom": "a word the teacher blocked",
-}
 _CHANGE = "Change the prompt, or the teacher can change the filter."
 _MASK_CACHE_SIZE = 512  # transcript turns whose masked text is kept (the transcript is redrawn often)
 
@@ -62,7 +53,7 @@ def refusal_line(category: str | None) -> str:
     """
     if not category:
         return f"Not drawn: the classroom filter refused this prompt. {_CHANGE}"
-    what = _CATEGORY_WORDS.get(category, f"{category.replace('_', ' ')} content")
+    what = BLOCKED_CATEGORY_WORDS.get(category, f"{category.replace('_', ' ')} content")
     return f"Not drawn: the classroom filter refuses {what}. {_CHANGE}"
 
 
