@@ -227,15 +227,10 @@ def sharing_torch_thread(engine: Any) -> Any:
 
 def cpu_description() -> str:
     """The CPU model, the instruction sets the engines choose by, and the load average."""
-    from speech2image_nb.cpu import cpu_flags, has_int8_dot_product
+    from speech2image_nb.cpu import cpu_flags, cpu_model, has_int8_dot_product
     from speech2image_nb.server.engines.cpu import bf16_is_native, physical_core_count
 
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     chosen_by = sorted(cpu_flags() & CHOICE_FLAGS) or ["none of " + ", ".join(sorted(CHOICE_FLAGS))]
     return (
         f"{model}, {physical_core_count()} physical cores, torch CPU capability "

@@ -22,7 +22,6 @@ request of one image streamed with previews, each preview shown is checked too (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -51,12 +50,9 @@ def machine(device: str) -> str:
     """The CPU model (or GPU name), cores, torch threads and the load average."""
     import torch
 
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    from speech2image_nb.cpu import cpu_model
+
+    model = cpu_model()
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     text = f"{model}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads"
     if device.startswith("cuda"):

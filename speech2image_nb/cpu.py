@@ -16,7 +16,7 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_flags", "has_int8_dot_product", "is_arm", "parse_cpuinfo_flags"]
+__all__ = ["cpu_flags", "cpu_model", "has_int8_dot_product", "is_arm", "parse_cpuinfo_flags"]
 
 #: flags (as Linux spells them) that give int8 dot products without 16-bit saturation
 _INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -33,6 +33,17 @@ def cpu_flags() -> frozenset[str]:
         text = ""
     flags = parse_cpuinfo_flags(text)
     return flags if flags is not None else _numpy_flags()
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``/proc/cpuinfo`` gives it (benchmarks put it in every table)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def parse_cpuinfo_flags(text: str) -> frozenset[str] | None:
