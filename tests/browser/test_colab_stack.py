@@ -219,29 +219,39 @@ PANEL_CELL = "from speech2image_nb import app\npanel = app()"
 EXTENSION_NOT_RUN = "define(function () { return {load_ipython_extension: function () {}}; });"
 
 
-def test_the_panel_shows_when_anywidgets_extension_has_not_run_yet(
-    colab_stack, playwright_instance, artifacts_dir
-):
-    """Classic NB 6.5: the panel shows even when its cell runs before anywidget's extension has run."""
-    name = "extension_not_run.ipynb"
+@contextlib.contextmanager
+def panel_notebook_page(colab_stack, playwright_instance, name, *, routes=()):
+    """A page of a new notebook whose one cell shows a panel, with ``routes`` ((pattern, handler))
+    set before it loads; the browser closes after."""
     write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
     browser = launch_chromium(playwright_instance)
     try:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.route(
-            "**/nbextensions/anywidget/extension.js*",
-            lambda route: route.fulfill(status=200, content_type="text/javascript", body=EXTENSION_NOT_RUN),
-        )
-        open_notebook(page, colab_stack, name)
-        wait_for_widget(
-            page,
-            page.locator(".s2i-panel .s2i-recorder-button"),
-            artifacts_dir / "colab_extension_not_run.png",
-            timeout_ms=60 * MS,
-        )
-        assert page.locator(".s2i-not-shown").count() == 0
+        for pattern, handler in routes:
+            page.route(pattern, handler)
+        yield page
     finally:
         browser.close()
+
+
+def assert_the_panel_shows(page, screenshot):
+    """The panel's recorder button shows, and no "did not appear" line."""
+    wait_for_widget(page, page.locator(".s2i-panel .s2i-recorder-button"), screenshot, timeout_ms=60 * MS)
+    assert page.locator(".s2i-not-shown").count() == 0
+
+
+def test_the_panel_shows_when_anywidgets_extension_has_not_run_yet(
+    colab_stack, playwright_instance, artifacts_dir
+):
+    """Classic NB 6.5: the panel shows even when its cell runs before anywidget's extension has run."""
+    not_run = (
+        "**/nbextensions/anywidget/extension.js*",
+        lambda route: route.fulfill(status=200, content_type="text/javascript", body=EXTENSION_NOT_RUN),
+    )
+    name = "extension_not_run.ipynb"
+    with panel_notebook_page(colab_stack, playwright_instance, name, routes=[not_run]) as page:
+        open_notebook(page, colab_stack, name)
+        assert_the_panel_shows(page, artifacts_dir / "colab_extension_not_run.png")
 
 
 def test_a_panel_that_cannot_show_says_what_to_do_in_its_cell(
@@ -250,20 +260,15 @@ def test_a_panel_that_cannot_show_says_what_to_do_in_its_cell(
     """Classic NB 6.5: when the recorder's front end cannot load, the blank cell says: reload, run again."""
     from speech2image_nb.frontend import PANEL_NOT_SHOWN
 
+    missing = ("**/nbextensions/anywidget/index.js*", lambda route: route.fulfill(status=404, body=""))
     name = "front_end_missing.ipynb"
-    write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
-    browser = launch_chromium(playwright_instance)
-    try:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.route("**/nbextensions/anywidget/index.js*", lambda route: route.fulfill(status=404, body=""))
+    with panel_notebook_page(colab_stack, playwright_instance, name, routes=[missing]) as page:
         open_notebook(page, colab_stack, name)
         line = page.locator(".s2i-not-shown")
         wait_for_widget(page, line, artifacts_dir / "colab_not_shown_line.png", timeout_ms=60 * MS)
         page.screenshot(path=str(artifacts_dir / "colab_not_shown_line.png"))
         assert line.inner_text().strip() == PANEL_NOT_SHOWN
         assert page.locator(".s2i-panel").count() == 0
-    finally:
-        browser.close()
 
 
 def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
@@ -275,10 +280,7 @@ def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
     widget output and hides one displayed in between; the panel's cell shows it again.
     """
     name = "run_all_early.ipynb"
-    write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
-    browser = launch_chromium(playwright_instance)
-    try:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
+    with panel_notebook_page(colab_stack, playwright_instance, name) as page:
         page.goto(colab_stack.notebook_url(name), timeout=60 * MS)
         page.wait_for_function(
             "() => !!(window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
@@ -287,12 +289,4 @@ def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
             polling=20,
         )
         page.evaluate("() => window.Jupyter.notebook.execute_all_cells()")
-        wait_for_widget(
-            page,
-            page.locator(".s2i-panel .s2i-recorder-button"),
-            artifacts_dir / "colab_run_all_early.png",
-            timeout_ms=60 * MS,
-        )
-        assert page.locator(".s2i-not-shown").count() == 0
-    finally:
-        browser.close()
+        assert_the_panel_shows(page, artifacts_dir / "colab_run_all_early.png")
