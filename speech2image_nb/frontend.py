@@ -182,6 +182,49 @@ _WATCH_JS = """(function (out) {
     nb.render_cell_output(code);
     return true;
   }
+  // The widget manager asks the kernel, as it starts, which widgets exist, and opens a channel of
+  // its own for each one it has not seen yet. When that answer overtakes the messages that create
+  // this cell's widgets, some of them end up with two models: the one the panel draws and another
+  // that receives the kernel's updates, and those parts never change again (an empty grid, a Save
+  // button that stays grey). Route each widget of this display to the model that draws it, and
+  // ask the kernel for its state; checked every half second for ten minutes, once per widget tree.
+  function follow() {
+    var kernel = window.Jupyter.notebook.kernel;
+    var wm = kernel && kernel.widget_manager, cm = kernel && kernel.comm_manager;
+    if (!wm || !cm || !wm._models || !cm.comms || !wm._models[modelId]) return;
+    Promise.resolve(wm._models[modelId]).then(function (root) {
+      var seen = {}, todo = [root];
+      while (todo.length) {
+        var model = todo.pop();
+        if (!model || !model.model_id || seen[model.model_id]) continue;
+        seen[model.model_id] = true;
+        reroute(wm, cm, model);
+        var attrs = model.attributes || {};
+        Object.keys(attrs).forEach(function (key) {
+          [].concat(attrs[key]).forEach(function (v) { if (v && v.model_id && v.comm) todo.push(v); });
+        });
+      }
+    }).catch(function () {});
+  }
+  function reroute(wm, cm, model) {
+    var id = model.model_id, routed = cm.comms[id];
+    if (!routed || !model.comm) return;
+    routed.then(function (comm) {
+      if (!comm || comm === model.comm || cm.comms[id] !== routed) return;
+      cm.comms[id] = Promise.resolve(model.comm);
+      wm._models[id] = Promise.resolve(model);
+      model.comm.send({method: 'request_state'}, {});
+    }).catch(function () {});
+  }
+  var following = window.__s2iFollowing || (window.__s2iFollowing = {});
+  if (modelId && !following[modelId]) {
+    var rounds = 0;
+    following[modelId] = setInterval(function () {
+      rounds += 1;
+      if (rounds > 1200) clearInterval(following[modelId]);
+      else follow();
+    }, 500);
+  }
   var timer = setInterval(function () {
     polls += 1;
     // looked up at each poll: the output is put in the page only after this script has run
@@ -238,7 +281,8 @@ def watch_classic_display(selector: str, *, model_id: str = "", message: str = P
     Classic Notebook only: a widget whose model fails to load leaves its output area empty, with
     nothing on the page to say so; this line tells the person the fix. It disappears if the widget
     shows after all. A widget that the page's widget manager hid while it finished starting
-    (see the script) is shown again, once, from ``model_id``.
+    (see the script) is shown again, once, from ``model_id``; and every widget under ``model_id``
+    keeps receiving the kernel's updates when that manager's start-up opened a second channel for it.
     """
     if detect_frontend() != JUPYTER:
         return

@@ -13,6 +13,7 @@ Without ``.venv-colab`` these tests fail and say how to make it (``scripts/make_
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 
@@ -220,15 +221,17 @@ EXTENSION_NOT_RUN = "define(function () { return {load_ipython_extension: functi
 
 
 @contextlib.contextmanager
-def panel_notebook_page(colab_stack, playwright_instance, name, *, routes=()):
-    """A page of a new notebook whose one cell shows a panel, with ``routes`` ((pattern, handler))
-    set before it loads; the browser closes after."""
+def panel_notebook_page(colab_stack, playwright_instance, name, *, routes=(), socket_routes=()):
+    """A page of a new notebook whose one cell shows a panel, with ``routes`` and ``socket_routes``
+    ((pattern, handler) for requests and WebSockets) set before it loads; the browser closes after."""
     write_notebook(colab_stack.root_dir, name, [PANEL_CELL])
     browser = launch_chromium(playwright_instance)
     try:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         for pattern, handler in routes:
             page.route(pattern, handler)
+        for pattern, handler in socket_routes:
+            page.route_web_socket(pattern, handler)
         yield page
     finally:
         browser.close()
@@ -271,6 +274,19 @@ def test_a_panel_that_cannot_show_says_what_to_do_in_its_cell(
         assert page.locator(".s2i-panel").count() == 0
 
 
+def run_all_once_the_widget_manager_exists(colab_stack, page, name):
+    """Open the notebook and run every cell the moment its widget manager exists (as *Restart & Run
+    All* does): the manager's start-up question to the kernel then waits behind the cells."""
+    page.goto(colab_stack.notebook_url(name), timeout=60 * MS)
+    page.wait_for_function(
+        "() => !!(window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
+        " && Jupyter.notebook.kernel.widget_manager)",
+        timeout=60 * MS,
+        polling=20,
+    )
+    page.evaluate("() => window.Jupyter.notebook.execute_all_cells()")
+
+
 def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
     colab_stack, playwright_instance, artifacts_dir
 ):
@@ -281,12 +297,107 @@ def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
     """
     name = "run_all_early.ipynb"
     with panel_notebook_page(colab_stack, playwright_instance, name) as page:
-        page.goto(colab_stack.notebook_url(name), timeout=60 * MS)
-        page.wait_for_function(
-            "() => !!(window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
-            " && Jupyter.notebook.kernel.widget_manager)",
-            timeout=60 * MS,
-            polling=20,
-        )
-        page.evaluate("() => window.Jupyter.notebook.execute_all_cells()")
+        run_all_once_the_widget_manager_exists(colab_stack, page, name)
         assert_the_panel_shows(page, artifacts_dir / "colab_run_all_early.png")
+
+
+def answer_overtakes_the_widgets(ws):
+    """A kernel channel on which the answer to the widget manager's start-up question ("which
+    widgets exist?") overtakes the messages that create them: from the first widget's comm_open,
+    the kernel's iopub messages wait until that comm_info_reply has reached the page, then follow
+    in order. A kernel whose IOPub thread lags behind its shell reply does this by itself."""
+    server = ws.connect_to_server()
+    ws.on_message(server.send)
+    held: list = []
+    state = {"holding": False, "done": False}
+
+    def from_kernel(message):
+        channel, kind, content = "iopub", "", {}
+        if isinstance(message, str):  # a binary frame carries buffers: iopub, never a shell reply
+            msg = json.loads(message)
+            channel, kind, content = msg.get("channel"), msg["header"].get("msg_type"), msg.get("content", {})
+        if kind == "comm_open" and content.get("target_name") == "jupyter.widget" and not state["done"]:
+            state["holding"] = True
+        if state["holding"] and channel == "iopub":
+            held.append(message)
+            return
+        ws.send(message)
+        if kind == "comm_info_reply" and state["holding"]:
+            state["holding"], state["done"] = False, True
+            for message in held:
+                ws.send(message)
+            held.clear()
+
+    server.on_message(from_kernel)
+
+
+#: Gives every text the panel shows (HTML, labels, text boxes, button captions, the recorder's
+#: error line) a token ``s2iprobe<n>x`` from the kernel; returns how many.
+PROBE_DEF = """
+def _s2i_probe(panel):
+    import ipywidgets as w
+    seen, todo, count = set(), [panel], 0
+    while todo:
+        widget = todo.pop()
+        if id(widget) in seen:
+            continue
+        seen.add(id(widget))
+        todo.extend(getattr(widget, "children", ()))
+        token = f"s2iprobe{count}x"
+        if isinstance(widget, (w.HTML, w.Label, w.Text, w.Textarea)):
+            widget.value = token
+        elif isinstance(widget, w.Button):
+            widget.description = token
+        elif widget is panel.recorder:
+            widget.error = token
+        else:
+            continue
+        count += 1
+    return count
+"""
+PROBES_SHOWN_JS = """(count) => {
+  const panel = document.querySelector('.s2i-panel');
+  if (!panel) return false;
+  const text = panel.innerText + ' ' + Array.from(panel.querySelectorAll('input, textarea'))
+    .map((e) => e.value).join(' ');
+  const missing = [];
+  for (let i = 0; i < count; i++) if (!text.includes(`s2iprobe${i}x`)) missing.push(i);
+  return missing.length ? false : true;
+}"""
+#: Widget models whose kernel messages the page delivers to another model of the same id (by name).
+MISROUTED_JS = """async () => {
+  const kernel = Jupyter.notebook.kernel, wm = kernel.widget_manager, cm = kernel.comm_manager;
+  const misrouted = [];
+  for (const id of Object.keys(wm._models)) {
+    const model = await wm._models[id];
+    if ((await cm.comms[id]) !== model.comm) misrouted.push(`${model.name} ${id}`);
+  }
+  return misrouted;
+}"""
+
+
+def test_every_widget_follows_the_kernel_when_the_managers_start_up_answer_overtakes_them(
+    colab_stack, playwright_instance, artifacts_dir
+):
+    """Classic NB 6.5: when the widget manager's start-up answer arrives before the panel's widgets,
+    it opens a second channel for some of them; the panel's widgets still show the kernel's changes.
+
+    Without the panel's repair the recorder (and, with other timings, the image grid and the Save
+    button) keeps receiving nothing: an empty grid after Generate, a Save button that stays grey.
+    """
+    name = "answer_overtakes.ipynb"
+    overtake = ("**/api/kernels/*/channels*", answer_overtakes_the_widgets)
+    with panel_notebook_page(colab_stack, playwright_instance, name, socket_routes=[overtake]) as page:
+        run_all_once_the_widget_manager_exists(colab_stack, page, name)
+        assert_the_panel_shows(page, artifacts_dir / "colab_answer_overtakes.png")
+        with KernelClient(colab_stack, colab_stack.kernel_id(name)) as kernel:
+            assert kernel.wait_until("panel.wait_ready(0)", timeout_s=60 * TIME_FACTOR)
+            kernel.execute(PROBE_DEF)
+            count = kernel.json("_s2i_probe(panel)")
+            assert count >= 10, f"{count} texts in the panel"
+            try:
+                page.wait_for_function(PROBES_SHOWN_JS, arg=count, timeout=10 * MS)
+            except PlaywrightTimeoutError:
+                page.screenshot(path=str(artifacts_dir / "colab_answer_overtakes_stale.png"))
+                raise
+            assert page.evaluate(MISROUTED_JS) == []
