@@ -398,7 +398,8 @@ def cpu_diffusers(threads: int) -> list[tuple[str, float]]:
             engine.generate([job])  # warm-up
             started = time.perf_counter()
             image = engine.generate([job])[0]
-            results.append((f"{vae} VAE, {image.size[0]} px", time.perf_counter() - started))
+            precision = "bf16 autocast" if engine.cpu_bf16 else "fp32"
+            results.append((f"{vae} VAE, {image.size[0]} px, {precision}", time.perf_counter() - started))
             print(f"  SD-Turbo-shaped, {results[-1][0]}: {results[-1][1]:.1f} s", flush=True)
             del engine
     return results
@@ -434,9 +435,7 @@ def cpu_mode(args: argparse.Namespace) -> int:
         print(f"| {variant} | {count} | {direct:.2f} | {api:.2f} | {api / direct:.2f} |")
     if not args.skip_diffusers:
         results = cpu_diffusers(threads)
-        print(
-            f"\n| SD-Turbo-shaped (random), 1 step, 1 image, fp32, {threads} threads | seconds |\n|---|---|"
-        )
+        print(f"\n| SD-Turbo-shaped (random), 1 step, 1 image, {threads} threads | seconds |\n|---|---|")
         for name, seconds in results:
             print(f"| {name} | {seconds:.1f} |")
     return 0
