@@ -303,31 +303,45 @@ def test_run_all_as_soon_as_the_page_has_a_widget_manager_shows_the_panel(
 
 def answer_overtakes_the_widgets(ws):
     """A kernel channel on which the answer to the widget manager's start-up question ("which
-    widgets exist?") overtakes the messages that create them: from the first widget's comm_open,
-    the kernel's iopub messages wait until that comm_info_reply has reached the page, then follow
-    in order. A kernel whose IOPub thread lags behind its shell reply does this by itself."""
+    widgets exist?") overtakes the messages that create them. The page's question waits until the
+    kernel has opened its first widget (so the answer lists the panel's widgets); from that
+    comm_open on, the kernel's iopub messages wait until the answer has reached the page, then
+    follow in order. A kernel whose IOPub thread lags behind its shell reply does this by itself."""
     server = ws.connect_to_server()
-    ws.on_message(server.send)
+    held_question: list = []
     held: list = []
-    state = {"holding": False, "done": False}
+    state = {"opened": False, "holding": False}
+
+    def kind_of(message):
+        if not isinstance(message, str):  # a binary frame carries buffers: iopub, never a shell reply
+            return "iopub", "", {}
+        msg = json.loads(message)
+        return msg.get("channel"), msg["header"].get("msg_type"), msg.get("content", {})
+
+    def from_page(message):
+        if kind_of(message)[1] == "comm_info_request" and not state["opened"]:
+            held_question.append(message)
+        else:
+            server.send(message)
 
     def from_kernel(message):
-        channel, kind, content = "iopub", "", {}
-        if isinstance(message, str):  # a binary frame carries buffers: iopub, never a shell reply
-            msg = json.loads(message)
-            channel, kind, content = msg.get("channel"), msg["header"].get("msg_type"), msg.get("content", {})
-        if kind == "comm_open" and content.get("target_name") == "jupyter.widget" and not state["done"]:
-            state["holding"] = True
+        channel, kind, content = kind_of(message)
+        if kind == "comm_open" and content.get("target_name") == "jupyter.widget" and not state["opened"]:
+            state["opened"] = state["holding"] = True
+            for question in held_question:
+                server.send(question)
+            held_question.clear()
         if state["holding"] and channel == "iopub":
             held.append(message)
             return
         ws.send(message)
         if kind == "comm_info_reply" and state["holding"]:
-            state["holding"], state["done"] = False, True
+            state["holding"] = False
             for message in held:
                 ws.send(message)
             held.clear()
 
+    ws.on_message(from_page)
     server.on_message(from_kernel)
 
 
@@ -360,9 +374,7 @@ PROBES_SHOWN_JS = """(count) => {
   if (!panel) return false;
   const text = panel.innerText + ' ' + Array.from(panel.querySelectorAll('input, textarea'))
     .map((e) => e.value).join(' ');
-  const missing = [];
-  for (let i = 0; i < count; i++) if (!text.includes(`s2iprobe${i}x`)) missing.push(i);
-  return missing.length ? false : true;
+  return Array.from({length: count}, (_, i) => `s2iprobe${i}x`).every((token) => text.includes(token));
 }"""
 #: Widget models whose kernel messages the page delivers to another model of the same id (by name).
 MISROUTED_JS = """async () => {
