@@ -349,30 +349,42 @@ def cpu_api_rows(engine: DalleMiniEngine, variant: str, counts: list[int]) -> li
     both paths run the same weights; alternating exposes both to the same load on a shared machine.
     """
     from benchmarks.safety_images import save_vit_base
-    from speech2image_nb.images.client import ImageClient
     from speech2image_nb.server import start_background
 
-    checker_dir = tempfile.TemporaryDirectory()
-    checker = save_vit_base(Path(checker_dir.name) / "picture-check")
-    started = time.perf_counter()
-    server = start_background(engine, ready_timeout_s=900, image_checker=str(checker))
-    print(f"API: server ready in {time.perf_counter() - started:.1f} s (loads the engine again)", flush=True)
     rows = []
-    try:
-        with ImageClient(server.url) as client:
-            client.generate(PROMPT, seed=1)  # warm-up, as the direct path had
-            for count in counts:
-                best = {"direct": math.inf, "api": math.inf}
-                for _ in range(2):
-                    best["direct"] = min(best["direct"], time_generate(engine, count))
-                    started = time.perf_counter()
-                    client.generate(PROMPT, num_images=count, seed=1)
-                    best["api"] = min(best["api"], time.perf_counter() - started)
-                rows.append((variant, count, best["direct"], best["api"]))
-                print(f"  {variant}, {count} image(s), int8: {best} (load {load_average()})", flush=True)
-    finally:
-        server.stop()
-        checker_dir.cleanup()
+    with tempfile.TemporaryDirectory() as checker_dir:
+        # on the torch thread: torch work on this (main) thread would leave it an OpenMP team of
+        # its own, and a second team slows every step of the engine (see ``engine_thread``)
+        checker = TORCH_THREAD.run(save_vit_base, Path(checker_dir) / "picture-check")
+        started = time.perf_counter()
+        server = start_background(engine, ready_timeout_s=900, image_checker=str(checker))
+        ready_s = time.perf_counter() - started
+        print(f"API: server ready in {ready_s:.1f} s (loads the engine again)", flush=True)
+        try:
+            rows += _api_rounds(server, engine, variant, counts)
+        finally:
+            server.stop()
+    return rows
+
+
+def _api_rounds(
+    server: Any, engine: DalleMiniEngine, variant: str, counts: list[int]
+) -> list[tuple[Any, ...]]:
+    """Per count, the engine called directly and through ``server``, alternating, best of 2 each."""
+    from speech2image_nb.images.client import ImageClient
+
+    rows = []
+    with ImageClient(server.url) as client:
+        client.generate(PROMPT, seed=1)  # warm-up, as the direct path had
+        for count in counts:
+            best = {"direct": math.inf, "api": math.inf}
+            for _ in range(2):
+                best["direct"] = min(best["direct"], time_generate(engine, count))
+                started = time.perf_counter()
+                client.generate(PROMPT, num_images=count, seed=1)
+                best["api"] = min(best["api"], time.perf_counter() - started)
+            rows.append((variant, count, best["direct"], best["api"]))
+            print(f"  {variant}, {count} image(s), int8: {best} (load {load_average()})", flush=True)
     return rows
 
 

@@ -23,6 +23,7 @@ from ..errors import PromptBlocked
 from ..safety import Policy, RefusalLog, check_prompt
 from ..safety.images import ImageChecker, flag_images, placeholder_image
 from .engines.base import Engine, ImageJob, LoadProgress, PromptReader, StepProgress
+from .engines.engine_thread import EngineThread
 from .error_handlers import ApiError
 
 if TYPE_CHECKING:
@@ -131,6 +132,15 @@ class ScreenedEngine(Engine):
     @property
     def option_names(self) -> frozenset[str]:  # type: ignore[override]
         return self.engine.option_names
+
+    @property
+    def engine_thread(self) -> EngineThread:
+        """The wrapped engine's thread: the check runs where the engine's torch work runs.
+
+        A thread of the wrapper's own would run the check's torch work beside the engine's, and
+        a second OpenMP team slows every engine step down (see ``.engines.engine_thread``).
+        """
+        return self.engine.engine_thread
 
     def __getattr__(self, name: str) -> Any:
         """Any other attribute (engine-specific ones) is the wrapped engine's."""
