@@ -302,3 +302,18 @@ def test_engine_sets_its_threads_only_during_its_work(tiny_dalle_dir):
     seen = []
     engine.generate([ImageJob("a fox", 1, 0)], on_progress=lambda *_: seen.append(torch.get_num_threads()))
     assert set(seen) == {1} and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
+def test_attention_keys_are_bf16_only_with_8_bit_activations_where_bf16_is_native(tiny_dalle_dir, kernel):
+    """The decoder's keys and values are bf16 only on the path measured to stay as close to fp32
+    with them (8-bit activations, native bf16); elsewhere they keep the model's fp32."""
+    engine = DalleMiniEngine(
+        model_dir=tiny_dalle_dir, device="cpu", preview_budget=NO_PREVIEWS, int8_kernel=kernel
+    )
+    engine.load()
+    expected = torch.bfloat16 if KERNELS[kernel] == 8 and bf16_is_native() else torch.float32
+    assert engine._kv_dtype == expected
+    fp32 = DalleMiniEngine(model_dir=tiny_dalle_dir, device="cpu", dtype="fp32", preview_budget=NO_PREVIEWS)
+    fp32.load()
+    assert fp32._kv_dtype == torch.float32

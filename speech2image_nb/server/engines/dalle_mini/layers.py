@@ -105,9 +105,14 @@ class Attention(nn.Module):
         """Keys and values ``[batch, heads, tokens, head_embed]``."""
         return split_heads(self.k_proj(x), self.head_count), split_heads(self.v_proj(x), self.head_count)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Attention of ``q`` over ``k``/``v`` where ``mask`` is True, then the output projection."""
-        out = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of ``q`` over ``k``/``v`` where ``mask`` is True (all, for ``None``), then the
+        output projection."""
+        # keys and values may be held in a narrower dtype than the queries (the CPU's bf16 cache)
+        out = functional.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, scale=1.0)
+        out = out.to(q.dtype)
         batch_count, _, token_count, _ = out.shape
         out = out.transpose(1, 2).reshape(batch_count, token_count, self.embed_count)
         return self.out_proj(out)
