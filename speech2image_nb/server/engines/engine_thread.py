@@ -17,6 +17,14 @@ thread and a notebook's main thread each used to start their own team.
 So an engine runs its load, warm-up, generations and previews here, whoever calls it: one team,
 whatever the calling thread. The thread starts on first use (nothing happens at import or at
 construction) and ends when :meth:`EngineThread.close` is called or its engine is collected.
+
+The team is the process's, not the engine's: torch work with a parallel region on any other
+long-lived thread starts a second one. An engine that wraps another (the server's picture check,
+:class:`~speech2image_nb.server.screening.ScreenedEngine`) must therefore hand out the wrapped
+engine's thread, not one of its own; with its own, the check's forward pass made every decoder
+step of the served engine 1.7x slower (43 against 25 ms, full-size mini, 2 cores). The same holds
+for a notebook's own torch work on its main thread: one large parallel op there had the same
+effect for the rest of the process.
 """
 
 from __future__ import annotations
