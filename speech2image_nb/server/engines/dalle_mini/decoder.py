@@ -156,25 +156,19 @@ class DalleBartDecoder(nn.Module):
             cache.cross_values[i].copy_(v)
         cache.cross_mask.copy_(text_mask[:, None, None, :])
 
-    def step(
-        self,
-        prev_tokens: torch.Tensor,
-        position: torch.Tensor,
-        cache: DecoderCache,
-        *,
-        visible: int | None = None,
-    ) -> torch.Tensor:
+    def step(self, prev_tokens: torch.Tensor, position: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits ``[2 x images, image_vocab + 1]`` for the token at ``position`` (a 1-element long tensor).
 
         ``prev_tokens`` ``[images]`` are the tokens at ``position - 1`` (or the start token); both the
         unconditioned and the conditioned row of an image see the same previous token.
 
-        ``visible``: ``position + 1`` as a Python int, where reading it costs nothing (the CPU).
-        The self-attention then reads only the keys and values written so far, half of the cache
-        on average, instead of all 256 positions under a mask: on a CPU a step's attention reads
-        its cache from memory, as it does the weights. Without it (CUDA, where the step is
-        captured as a graph and has no host-side state) the mask does the same job.
+        On the CPU, where reading the position costs nothing, the self-attention reads only the
+        keys and values written so far, half of the cache on average, instead of all 256
+        positions under a mask: there a step's attention reads its cache from memory, as it does
+        the weights. Elsewhere (CUDA, where the step is captured as a graph and has no host-side
+        state) the mask does the same job.
         """
+        visible = int(position.item()) + 1 if position.device.type == "cpu" else None
         tokens = prev_tokens.repeat(2)[:, None]
         state = self.embed_tokens(tokens) + self.embed_positions(position)[None]
         state = self.layernorm_embedding(state)

@@ -231,9 +231,7 @@ class _Generation:
         from .sampler import sample_tokens
 
         prev_tokens = self.image_tokens.index_select(1, self.position)[:, 0]
-        # on the CPU the position is read for free: attend to the positions written so far only
-        visible = None if self.position.is_cuda else int(self.position.item()) + 1
-        logits = self.decoder.step(prev_tokens, self.position, self.cache, visible=visible)
+        logits = self.decoder.step(prev_tokens, self.position, self.cache)
         tokens = sample_tokens(
             logits,
             top_k=self.top_k,
@@ -760,10 +758,7 @@ class DalleMiniEngine(Engine):
             model.decoder.prepare(cache, *self.encode([prompt]))
             for i in range(len(tokens)):
                 logits = model.decoder.step(
-                    previous[i : i + 1],
-                    torch.tensor([i], device=self._device),
-                    cache,
-                    visible=None if self._device.type == "cuda" else i + 1,
+                    previous[i : i + 1], torch.tensor([i], device=self._device), cache
                 )
                 uncond, cond = logits[:, :IMAGE_CODEBOOK_COUNT].float()
                 out[i] = uncond * (1 - supercondition_factor) + cond * supercondition_factor
