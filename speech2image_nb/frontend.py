@@ -185,9 +185,11 @@ _WATCH_JS = """(function (out) {
   // The widget manager asks the kernel, as it starts, which widgets exist, and opens a channel of
   // its own for each one it has not seen yet. When that answer overtakes the messages that create
   // this cell's widgets, some of them end up with two models: the one the panel draws and another
-  // that receives the kernel's updates, and those parts never change again (an empty grid, a Save
-  // button that stays grey). Route each widget of this display to the model that draws it, and
-  // ask the kernel for its state; checked every half second for ten minutes, once per widget tree.
+  // that receives the kernel's updates (an empty grid, a Save button that stays grey), or that the
+  // manager hands out when the kernel places the widget somewhere else later (a copy that never
+  // changes). Make the model that draws each widget of this display the one the manager knows and
+  // the one its messages reach, asking the kernel for its state when they did not; checked every
+  // half second for ten minutes, once per widget tree.
   function follow() {
     var kernel = window.Jupyter.notebook.kernel;
     var wm = kernel && kernel.widget_manager, cm = kernel && kernel.comm_manager;
@@ -207,12 +209,15 @@ _WATCH_JS = """(function (out) {
     }).catch(function () {});
   }
   function reroute(wm, cm, model) {
-    var id = model.model_id, routed = cm.comms[id];
+    var id = model.model_id, routed = cm.comms[id], known = wm._models[id];
     if (!routed || !model.comm) return;
-    routed.then(function (comm) {
-      if (!comm || comm === model.comm || cm.comms[id] !== routed) return;
+    var knownModel = Promise.resolve(known).catch(function () { return null; });
+    Promise.all([routed, knownModel]).then(function (found) {
+      // a message or a model that arrived meanwhile: look again at the next check
+      if (!found[0] || cm.comms[id] !== routed || wm._models[id] !== known) return;
+      if (found[1] !== model) wm._models[id] = Promise.resolve(model);
+      if (found[0] === model.comm) return;
       cm.comms[id] = Promise.resolve(model.comm);
-      wm._models[id] = Promise.resolve(model);
       model.comm.send({method: 'request_state'}, {});
     }).catch(function () {});
   }
@@ -281,8 +286,9 @@ def watch_classic_display(selector: str, *, model_id: str = "", message: str = P
     Classic Notebook only: a widget whose model fails to load leaves its output area empty, with
     nothing on the page to say so; this line tells the person the fix. It disappears if the widget
     shows after all. A widget that the page's widget manager hid while it finished starting
-    (see the script) is shown again, once, from ``model_id``; and every widget under ``model_id``
-    keeps receiving the kernel's updates when that manager's start-up opened a second channel for it.
+    (see the script) is shown again, once, from ``model_id``; and when that manager's start-up made
+    a second model for a widget under ``model_id``, the model drawn stays the one that receives the
+    kernel's updates and the one the manager hands out when the kernel places the widget again.
     """
     if detect_frontend() != JUPYTER:
         return
