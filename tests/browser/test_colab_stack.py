@@ -416,9 +416,9 @@ def test_every_widget_follows_the_kernel_when_the_managers_start_up_answer_overt
 
 
 #: Has the page's widget manager hand out a second model for widget ``id``, while the kernel's
-#: messages still reach the model the panel draws: the state the manager's start-up answer leaves
-#: behind for some widget when it overtakes the panel's widgets with some timings (seen as one
-#: layout in one run of the test above, under load). Resolves to true when the copy is in place.
+#: messages still reach the model the panel draws: one state the manager's start-up answer can
+#: leave when it overtakes the panel's widgets, and the one the panel's repair used to leave in
+#: place (it looked only at where messages go). Resolves to true when the copy is in place.
 REGISTER_A_COPY_JS = """async (id) => {
   const wm = Jupyter.notebook.kernel.widget_manager;
   const drawn = await wm._models[id];
